@@ -1,0 +1,180 @@
+"""The single image pipeline: decode -> EXIF orientation -> RGB -> resize/crop -> float -> normalize.
+
+Training (`tl.train`) loads every image through `load_image`, and its evaluation transform
+is built from the same ModelSpec; the runtime uses `preprocess`. No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tl.runtime.errors import TLError
+from tl.runtime.spec import ModelSpec
+
+# Transparent pixels are composited on this colour (RGBA, LA, P with transparency).
+BACKGROUND = (255, 255, 255)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES and not Path(path).name.startswith(".")
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under ``root`` (recursively), sorted; other files are ignored."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def _max_pixels() -> int | None:
+    env = os.environ.get("TL_MAX_IMAGE_PIXELS")
+    if env:
+        return None if env.lower() in ("0", "none") else int(env)
+    return Image.MAX_IMAGE_PIXELS
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode fully (so truncation is caught here) and apply EXIF orientation; not yet RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise TLError(f"image not found: {path}")
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = _max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img.load()
+    except Image.DecompressionBombError as e:
+        raise TLError(
+            f"{path}: image is larger than Pillow's decompression-bomb limit ({e}); "
+            "if you trust it, set TL_MAX_IMAGE_PIXELS to a larger pixel count"
+        ) from e
+    except UnidentifiedImageError as e:
+        raise TLError(f"{path}: not a readable image (corrupt or unsupported format)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise TLError(f"{path}: corrupt or truncated image ({e})") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB from any Pillow mode: L/LA/P/RGBA/CMYK/YCbCr/16-bit/float."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data (and 32-bit `I` holding 16-bit values) is scaled to 8 bits.
+        scale = 255.0 / 65535.0 if (mode != "I" or arr.max(initial=0) > 255) else 1.0
+        arr = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "1":
+        return img.convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """Path, PIL image or uint8 HWC / HW array -> RGB PIL image (EXIF applied for files)."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        return to_rgb(array_to_pil(source))
+    if isinstance(source, (str, os.PathLike)):
+        return to_rgb(open_image(source))
+    raise TLError(f"cannot read an image from {type(source).__name__}; give a path, a PIL image or a uint8 HWC array")
+
+
+def array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise TLError(f"image arrays must be uint8 HWC (got dtype {arr.dtype})")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L")
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        if arr.shape[2] == 1:
+            return Image.fromarray(arr[:, :, 0], mode="L")
+        return Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.shape[2] == 3 else "RGBA")
+    raise TLError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4 (got shape {arr.shape})")
+
+
+def center_crop_box(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int, int, int, int]:
+    # Same rounding as torchvision.transforms.functional.center_crop.
+    top = int(round((height - crop_h) / 2.0))
+    left = int(round((width - crop_w) / 2.0))
+    return left, top, left + crop_w, top + crop_h
+
+
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    # Same arithmetic as torchvision's Resize(int) (_compute_resized_output_size).
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def resize(img: Image.Image, spec: ModelSpec) -> Image.Image:
+    """Geometric part of preprocessing: RGB image -> RGB image of spec's H x W."""
+    p, h, w = spec.preprocess, spec.input.height, spec.input.width
+    resample = _RESAMPLE[p.interpolation]
+    if p.resize_mode == "squash":
+        return img.resize((w, h), resample=resample)
+    new_w, new_h = shorter_side_size(img.width, img.height, p.resize_size)
+    img = img.resize((new_w, new_h), resample=resample)
+    if new_w < w or new_h < h:  # torchvision pads here; ModelSpec.validate keeps resize_size >= crop
+        raise TLError(f"image {img.width}x{img.height} is smaller than the crop {w}x{h}")
+    return img.crop(center_crop_box(new_w, new_h, w, h))
+
+
+def normalize(img: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """RGB uint8 image -> float32 CHW, (x/255 - mean) / std."""
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.preprocess.mean, dtype=np.float32)
+    std = np.asarray(spec.preprocess.std, dtype=np.float32)
+    arr = (arr - mean) / std
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess_one(source: ImageInput, spec: ModelSpec) -> np.ndarray:
+    return normalize(resize(load_image(source), spec), spec)
+
+
+def preprocess(sources: Iterable[ImageInput] | ImageInput, spec: ModelSpec) -> np.ndarray:
+    """Inputs -> NCHW float32 batch ready for the model."""
+    if isinstance(sources, (str, os.PathLike, Image.Image)) or (
+        isinstance(sources, np.ndarray) and sources.dtype == np.uint8 and sources.ndim in (2, 3)
+    ):
+        sources = [sources]
+    arrays: Sequence[np.ndarray] = [preprocess_one(s, spec) for s in sources]
+    if not arrays:
+        return np.zeros((0, spec.input.channels, spec.input.height, spec.input.width), dtype=np.float32)
+    return np.stack(arrays).astype(np.float32, copy=False)

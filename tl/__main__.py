@@ -1,0 +1,3 @@
+from tl.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""The `tl` command: a thin click layer over the library.
+
+Commands live in their subpackages (`tl.train.cli`, `tl.export.cli`, ...) and are
+imported only when run or listed, so `tl --help` and `tl predict` work without torch.
+Those modules import only click at top level; heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+# name -> "module:attribute"; order is the order of `tl --help`.
+COMMANDS = {
+    "data": "tl.train.cli:data",
+    "train": "tl.train.cli:train",
+    "export": "tl.export.cli:export",
+    "predict": "tl.runtime.cli:predict",
+    "info": "tl.runtime.cli:info",
+    "bench": "tl.benchmarks.cli:bench",
+    "demo": "tl.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return list(self.lazy) + sorted(set(super().list_commands(ctx)) - set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        # Same as click's, but keeps our order instead of sorting.
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tl", prog_name="tl")
+def cli():
+    """tl: train an image classifier, export it (ONNX FP32/FP16/INT8, TensorRT),
+    serve it without torch, and benchmark every form against eager PyTorch.
+
+    \b
+      tl data synth data/shapes            # a learnable demo dataset
+      tl train data/shapes --weights none  # fine-tune VGG16 -> runs/<time>/best.pt
+      tl export runs/x/best.pt --onnx --int8 --out exports/x
+      tl predict exports/x/model.onnx photos/
+      tl bench runs/x exports/x --batch-sizes 1,8
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one `error:` line and a non-zero exit."""
+    from tl.runtime.errors import TLError
+
+    debug = os.environ.get("TL_DEBUG", "") not in ("", "0")
+    try:
+        cli.main(args=argv, prog_name="tl", standalone_mode=False)
+    except TLError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        if debug:
+            raise
+        hint = ""
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            hint = f" (see '{e.ctx.command_path} --help')"
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

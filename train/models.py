@@ -1,0 +1,135 @@
+"""Model building and the one head-replacement function for every supported family.
+
+The seed replaced `model.fc` on VGG16, which has no `fc`: VGG's head is `classifier[6]`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tl.runtime.errors import TLError
+
+ARCHS = (
+    "vgg11", "vgg13", "vgg16", "vgg19",
+    "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "resnet18", "resnet34", "resnet50",
+    "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0",
+)
+
+
+def head_path(arch: str) -> tuple[str, int | None]:
+    """(attribute, index) of the final Linear: VGG classifier[6], ResNet fc, others classifier[-1]."""
+    if arch.startswith("vgg"):
+        return "classifier", 6
+    if arch.startswith("resnet"):
+        return "fc", None
+    if arch.startswith(("mobilenet", "efficientnet")):
+        return "classifier", -1
+    raise TLError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+
+
+def get_head(model: nn.Module, arch: str) -> nn.Linear:
+    attr, idx = head_path(arch)
+    mod = getattr(model, attr)
+    return mod if idx is None else mod[idx]
+
+
+def replace_head(model: nn.Module, arch: str, num_classes: int) -> nn.Module:
+    """Swap the final Linear for one with ``num_classes`` outputs; the rest is untouched."""
+    old = get_head(model, arch)
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    attr, idx = head_path(arch)
+    if idx is None:
+        setattr(model, attr, new)
+    else:
+        getattr(model, attr)[idx] = new
+    return model
+
+
+def head_parameter_names(arch: str) -> tuple[str, ...]:
+    attr, idx = head_path(arch)
+    prefix = attr if idx is None else f"{attr}.{idx}"
+    return (f"{prefix}.weight", f"{prefix}.bias")
+
+
+def _normalize_head_keys(arch: str, model: nn.Module, state: dict) -> dict:
+    # classifier[-1] is stored under its real index (e.g. classifier.3).
+    attr, idx = head_path(arch)
+    if idx == -1:
+        real = len(getattr(model, attr)) - 1
+        return {f"{attr}.{real}.weight", f"{attr}.{real}.bias"}
+    return set(head_parameter_names(arch))
+
+
+def build_model(arch: str, num_classes: int, weights: str | Path | None = "none") -> nn.Module:
+    """torchvision ``arch`` with a ``num_classes`` head.
+
+    weights: "imagenet" (torchvision's weights enum and cache), "none", or a path to a
+    torchvision state_dict (or a tl checkpoint) for the same architecture.
+    """
+    import torchvision
+
+    if arch not in ARCHS:
+        raise TLError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if num_classes < 2:
+        raise TLError(f"a classifier needs at least 2 classes (got {num_classes})")
+    w = "none" if weights is None else str(weights)
+    if w == "imagenet":
+        enum = torchvision.models.get_model_weights(arch).DEFAULT
+        try:
+            model = torchvision.models.get_model(arch, weights=enum)
+        except Exception as e:  # URLError, OSError, RuntimeError from the hub download
+            raise TLError(
+                f"could not get ImageNet weights for {arch} ({type(e).__name__}: {e}); "
+                "without internet, pass --weights PATH (a torchvision state_dict file) or --weights none"
+            ) from e
+    elif w == "none":
+        model = torchvision.models.get_model(arch, weights=None)
+    else:
+        model = torchvision.models.get_model(arch, weights=None)
+        _load_weights_file(model, arch, Path(w))
+    return replace_head(model, arch, num_classes)
+
+
+def _load_weights_file(model: nn.Module, arch: str, path: Path) -> None:
+    if not path.is_file():
+        raise TLError(f"--weights: file not found: {path} (use 'imagenet', 'none' or a state_dict file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TLError(f"--weights: {path} is not a loadable state_dict ({type(e).__name__}: {e})") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TLError(f"--weights: {path} does not hold a state_dict of tensors")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    own = model.state_dict()
+    head_keys = _normalize_head_keys(arch, model, state)
+    # A head of another size (e.g. a tl checkpoint with other classes) is dropped; it is replaced anyway.
+    state = {k: v for k, v in state.items() if not (k in head_keys and k in own and own[k].shape != v.shape)}
+    missing = sorted(set(own) - set(state) - head_keys)
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if keys
+        )
+        raise TLError(f"--weights: {path} does not match {arch} ({detail})")
+    model.load_state_dict(state, strict=False)
+
+
+def freeze(model: nn.Module, arch: str, mode: str) -> int:
+    """``features``: train only the head (feature extraction); ``none``: everything. Returns #trainable."""
+    if mode not in ("features", "none"):
+        raise TLError(f"--freeze must be 'features' or 'none' (got {mode!r})")
+    head = get_head(model, arch)
+    head_ids = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad = mode == "none" or id(p) in head_ids
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
