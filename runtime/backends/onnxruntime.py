@@ -1,0 +1,179 @@
+"""ONNX Runtime backend: TensorRT EP -> CUDA EP -> CPU, and it says which one really runs.
+
+onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing, so the
+providers reported are ``session.get_providers()``, never the ones asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tl.runtime.errors import TLError
+from tl.runtime.onnxmeta import read_onnx_meta
+from tl.runtime.spec import METADATA_KEY, ModelSpec
+
+TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PROVIDER_ALIASES = {"trt": TRT_EP, "tensorrt": TRT_EP, "cuda": CUDA_EP, "gpu": CUDA_EP, "cpu": CPU_EP}
+AUTO_ORDER = (TRT_EP, CUDA_EP, CPU_EP)
+MAX_BATCH_KEY = "tl.max_batch"
+DEFAULT_PROFILE_MAX_BATCH = 32  # the exporter's default dynamic-batch bound
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("TL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tl")
+    return Path(root) / "ort-trt"
+
+
+def resolve_providers(requested, available: list[str]) -> list[str]:
+    """User names ("cpu,cuda,trt" or full EP names) -> available EP names, in order.
+
+    auto (None) keeps what is installed from TensorRT -> CUDA -> CPU; an explicit provider
+    that is not installed is an error, not a silent CPU run.
+    """
+    if requested is None or requested == "auto" or requested == ["auto"]:
+        chosen = [p for p in AUTO_ORDER if p in available]
+        return chosen or list(available)
+    if isinstance(requested, str):
+        requested = [p for p in requested.split(",") if p.strip()]
+    chosen = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(name.strip().lower(), name.strip())
+        if full not in available:
+            raise TLError(
+                f"ONNX Runtime provider {name!r} is not available here (available: {', '.join(available)}); "
+                + ("install onnxruntime-gpu (pip install 'tl[gpu]') and check the CUDA libraries"
+                   if full in (TRT_EP, CUDA_EP) else "use one of cpu, cuda, trt")
+            )
+        if full not in chosen:
+            chosen.append(full)
+    if not chosen:
+        raise TLError("no ONNX Runtime providers given; use e.g. --providers cpu")
+    return chosen
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, *, spec: ModelSpec | None = None, providers=None, device: int = 0,
+                 intra_op_threads: int | None = None, cache_dir: str | Path | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise TLError(f"model not found: {self.path}")
+        self.meta = read_onnx_meta(self.path)  # TLError if it is not ONNX at all
+        self.spec = self._resolve_spec(spec)
+        self.precision = self.meta.precision(self.path)
+        self.device = int(device)
+
+        available = ort.get_available_providers()
+        names = resolve_providers(providers, available)
+        profile_max = int(self.meta.metadata.get(MAX_BATCH_KEY, DEFAULT_PROFILE_MAX_BATCH))
+        provider_list = []
+        for name in names:
+            if name == TRT_EP:
+                provider_list.append((name, self._trt_options(cache_dir, profile_max)))
+            elif name == CUDA_EP:
+                provider_list.append((name, {"device_id": self.device}))
+            else:
+                provider_list.append(name)
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            so.intra_op_num_threads = int(intra_op_threads)
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=provider_list)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+            raise TLError(f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e).strip()[:300]})") from e
+        self.providers = list(self.session.get_providers())
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise TLError(f"{self.path}: expected one image input and a logits output, found "
+                          f"{len(inputs)} inputs / {len(outputs)} outputs")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.input_dtype = _NP_TYPES.get(inputs[0].type, np.float32)
+        batch_dim = inputs[0].shape[0] if inputs[0].shape else None
+        fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self.min_batch = fixed or 1
+        if fixed:
+            self.max_batch = fixed
+        elif self.providers and self.providers[0] == TRT_EP:
+            self.max_batch = profile_max  # the TensorRT EP engine is built for this profile
+        else:
+            self.max_batch = None
+        self.on_gpu = bool(self.providers) and self.providers[0] in (TRT_EP, CUDA_EP)
+
+    # -- setup ----------------------------------------------------------------------
+    def _resolve_spec(self, spec) -> ModelSpec:
+        if spec is not None:
+            return spec if isinstance(spec, ModelSpec) else ModelSpec.load(spec)
+        text = self.meta.metadata.get(METADATA_KEY)
+        if not text:
+            raise TLError(
+                f"{self.path} has no tl model spec (metadata '{METADATA_KEY}'): it was not exported by tl; "
+                "pass the labels and preprocessing as spec= / --spec spec.json"
+            )
+        return ModelSpec.from_json(text)
+
+    def _trt_options(self, cache_dir, profile_max: int) -> dict:
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        c, h, w = self.spec.input.channels, self.spec.input.height, self.spec.input.width
+        name = self.spec.input.name
+        opt = min(8, profile_max)
+        opts = {
+            "device_id": self.device,
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_profile_min_shapes": f"{name}:1x{c}x{h}x{w}",
+            "trt_profile_opt_shapes": f"{name}:{opt}x{c}x{h}x{w}",
+            "trt_profile_max_shapes": f"{name}:{profile_max}x{c}x{h}x{w}",
+        }
+        if self.precision == "int8":
+            opts["trt_int8_enable"] = True  # Q/DQ graph: explicit quantization, no calibration table
+        return opts
+
+    # -- inference ------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        if self.on_gpu:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, batch)
+            binding.bind_output(self.output_name, "cuda", self.device)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
+        """Input and output stay on the GPU (IO binding), so only compute is timed; None on CPU."""
+        if not self.on_gpu:
+            return None
+        import onnxruntime as ort
+
+        x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch, dtype=self.input_dtype), "cuda", self.device)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, x)
+        binding.bind_output(self.output_name, "cuda", self.device)
+        self.session.run_with_iobinding(binding)  # warm-up, allocates the output once
+        times = []
+        for _ in range(int(iters)):
+            t0 = time.perf_counter()
+            self.session.run_with_iobinding(binding)  # synchronizes the EP stream before returning
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+    def close(self) -> None:
+        self.session = None
