@@ -1,0 +1,210 @@
+"""The work behind `tl predict` / `tl info` (kept out of runtime/cli.py so --help stays light)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tl.runtime.errors import TLError
+
+
+@dataclass
+class Inputs:
+    images: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # non-image files
+
+
+def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
+    """Files and folders (walked, sorted) -> image files; other files are counted, not read."""
+    from tl.runtime.images import is_image_file
+
+    found = Inputs()
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise TLError(f"not found: {p}")
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if f in seen:
+                continue
+            seen.add(f)
+            (found.images if is_image_file(f) else found.skipped).append(f)
+    if not found.images:
+        where = ", ".join(map(str, paths))
+        raise TLError(f"no images found in {where} ({len(found.skipped)} other files skipped); "
+                      "give image files (jpg, png, bmp, gif, tif, webp) or folders that hold them")
+    return found
+
+
+def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",
+                providers=None, spec=None, device=0, threads=None) -> None:
+    import numpy as np
+    from rich.console import Console
+
+    from tl.runtime.classifier import Classifier
+    from tl.runtime.images import preprocess_one
+
+    if top_k < 1:
+        raise TLError(f"--top-k must be at least 1 (got {top_k})")
+    if batch_size < 1:
+        raise TLError(f"--batch-size must be at least 1 (got {batch_size})")
+    found = collect_inputs(paths)
+    clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
+                          intra_op_threads=threads)
+    err = Console(stderr=True)
+    preds, failures = [], []
+    with _progress(err, len(found.images)) as (progress, task):
+        for start in range(0, len(found.images), batch_size):
+            chunk = found.images[start:start + batch_size]
+            arrays, ok = [], []
+            for f in chunk:
+                try:
+                    arrays.append(preprocess_one(f, clf.spec))
+                    ok.append(str(f))
+                except TLError as e:
+                    failures.append((f, str(e)))
+                    err.print(f"[yellow]warning:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            if arrays:
+                logits = clf.predict_logits(np.stack(arrays))
+                preds += clf.postprocess(logits, top_k=top_k, sources=ok)
+            progress.advance(task, len(chunk))
+
+    text = _render(preds, fmt, clf)
+    if output is not None:
+        from tl.runtime.files import atomic_write_text
+
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    summary = (f"{len(preds)} images classified with {clf.path.name} ({clf.backend_name}, {clf.precision}, "
+               f"{', '.join(clf.providers)})")
+    if found.skipped:
+        summary += f"; {len(found.skipped)} non-image files skipped"
+    if output is not None:
+        summary += f"; results in {output}"
+    err.print(summary, highlight=False, soft_wrap=True)
+    clf.close()
+    if failures:
+        listed = "; ".join(f"{f}" for f, _ in failures[:5]) + (" ..." if len(failures) > 5 else "")
+        raise TLError(f"{len(failures)} of {len(found.images)} images could not be read: {listed} "
+                      "(the others were classified; fix or remove these files)")
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, console, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, transient=True, disable=not console.is_terminal)
+        self.total = total
+
+    def __enter__(self):
+        self.p.__enter__()
+        return self.p, self.p.add_task("predict", total=self.total)
+
+    def __exit__(self, *exc):
+        return self.p.__exit__(*exc)
+
+
+def _render(preds, fmt: str, clf) -> str:
+    if fmt == "json":
+        return "".join(json.dumps(p.to_dict()) + "\n" for p in preds)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["source", "label", "index", "score", "top_k"])
+        for p in preds:
+            w.writerow([p.source, p.label, p.index, f"{p.score:.6f}", ";".join(f"{l}:{s:.6f}" for l, s in p.top_k)])
+        return buf.getvalue()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{clf.path.name} ({clf.precision}, {clf.backend_name})", title_justify="left")
+    table.add_column("image", overflow="fold")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    table.add_column("top-k")
+    for p in preds:
+        table.add_row(_short(p.source), p.label, f"{p.score:.3f}", ", ".join(f"{l} {s:.3f}" for l, s in p.top_k[1:]))
+    buf = io.StringIO()
+    Console(file=buf, width=120, no_color=True, highlight=False).print(table)
+    return buf.getvalue()
+
+
+def _short(source: str | None) -> str:
+    if source is None:
+        return "<array>"
+    try:
+        return str(Path(source).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return source
+
+
+def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
+    from tl.runtime.info import artifact_info
+
+    data = {"artifact": artifact_info(model)}
+    if env:
+        from tl.runtime.env import environment
+
+        data["environment"] = environment()
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    art = data["artifact"]
+    spec = art.get("spec")
+    t = Table(title=f"{Path(art['file']).name}", show_header=False, title_justify="left")
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("file", art["file"])
+    t.add_row("size", f"{art['size_mb']:.2f} MB")
+    t.add_row("backend", art["backend"])
+    t.add_row("format", str(art.get("format")))
+    t.add_row("precision", str(art.get("precision")))
+    if "opset" in art:
+        t.add_row("opset", f"{art['opset']} (ir {art['ir_version']}, producer {art['producer'] or '?'})")
+    for io_kind in ("inputs", "outputs"):
+        for x in art.get(io_kind, []):
+            extra = f" profile {x['profile']}" if "profile" in x else ""
+            t.add_row(io_kind[:-1], f"{x['name']} {x['shape']} {x.get('dtype', '')}{extra}")
+    if spec:
+        pre = spec["preprocess"]
+        t.add_row("arch", spec["arch"])
+        t.add_row("classes", f"{spec['num_classes']}: {', '.join(spec['classes'])}")
+        t.add_row("input size", f"{spec['input']['height']}x{spec['input']['width']} {spec['input']['layout']}")
+        t.add_row("preprocess", f"{pre['resize_mode']} {pre['resize_size']} {pre['interpolation']}, "
+                                f"mean {pre['mean']}, std {pre['std']}")
+    else:
+        t.add_row("spec", "none: not exported by tl; predict needs --spec spec.json")
+    for k, v in (art.get("build") or {}).items():
+        if v not in (None, "", {}):
+            t.add_row(f"build.{k}", str(v))
+    console.print(t)
+    if env:
+        e = data["environment"]
+        ort = e["onnxruntime"]
+        et = Table(title="environment", show_header=False, title_justify="left")
+        et.add_column("key", style="bold")
+        et.add_column("value", overflow="fold")
+        et.add_row("python", f"{e['python']} on {e['platform']}")
+        et.add_row("numpy / Pillow", f"{e['numpy']} / {e['pillow']}")
+        et.add_row("onnxruntime", f"{ort['version']}: {', '.join(ort['providers'])}" if ort else "not installed")
+        et.add_row("tensorrt", e["tensorrt"] or "not installed")
+        et.add_row("cpu", f"{e['cpu']['model']} ({e['cpu']['usable_cores']} of {e['cpu']['cores']} cores usable)")
+        for i, g in enumerate(e["gpus"]):
+            et.add_row(f"gpu {i}", ", ".join(f"{k} {v}" for k, v in g.items()))
+        if not e["gpus"]:
+            et.add_row("gpu", "none found (no nvidia-smi)")
+        console.print(et)
