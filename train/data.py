@@ -1,0 +1,230 @@
+"""Datasets: an ImageFolder that reads every image through tl.runtime.images.
+
+Why not torchvision's ImageFolder: it decodes with its own loader (no EXIF orientation,
+no CMYK/16-bit/alpha handling), so training would see other pixels than deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image, UnidentifiedImageError
+
+from tl.runtime.errors import TLError
+from tl.runtime.images import is_image_file, load_image
+
+
+@dataclass
+class RunData:
+    """Which files a run trains and validates on; recorded in every checkpoint."""
+
+    root: Path
+    classes: list[str]
+    train_files: list[Path]
+    train_labels: list[int]
+    val_files: list[Path]
+    val_labels: list[int]
+    train_dir: Path
+    val_dir: Path | None
+    val_split: float | None
+    seed: int
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The checkpoint's "data" entry (plain values only, absolute paths)."""
+        return {
+            "root": str(self.root.resolve()),
+            "train_dir": str(self.train_dir.resolve()),
+            "val_dir": str(self.val_dir.resolve()) if self.val_dir is not None else None,
+            "val_split": self.val_split,
+            "seed": int(self.seed),
+            "classes": list(self.classes),
+            "train_files": [str(p.resolve()) for p in self.train_files],
+            "train_labels": [int(i) for i in self.train_labels],
+            "val_files": [str(p.resolve()) for p in self.val_files],
+            "val_labels": [int(i) for i in self.val_labels],
+            "skipped": [str(p.resolve()) for p, _ in self.skipped],
+        }
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Class names = sub-folder names, sorted (ImageFolder's convention)."""
+    if not folder.exists():
+        raise TLError(f"data folder not found: {folder}")
+    if not folder.is_dir():
+        raise TLError(f"{folder} is not a folder; give a folder with one sub-folder of images per class")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise TLError(
+            f"{folder} has no class folders; put the images of each class in their own "
+            f"sub-folder ({folder}/<class>/*.jpg), or create {folder}/train and {folder}/val that way"
+        )
+    if len(classes) == 1:
+        raise TLError(
+            f"{folder} has a single class folder ({classes[0]!r}); a classifier needs at least 2 classes"
+        )
+    return classes
+
+
+def scan(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """(files, labels) for ``folder/<class>/**/<image>``; non-image files are ignored."""
+    files: list[Path] = []
+    labels: list[int] = []
+    for idx, name in enumerate(classes):
+        d = folder / name
+        if not d.is_dir():
+            raise TLError(f"class folder missing: {d} (every split needs the same classes: {', '.join(classes)})")
+        found = sorted(
+            p for p in d.rglob("*") if p.is_file() and is_image_file(p)
+            and not any(part.startswith(".") for part in p.relative_to(d).parts)
+        )
+        if not found:
+            raise TLError(f"class folder {d} has no images (.jpg, .png, ...); add images or remove the folder")
+        files += found
+        labels += [idx] * len(found)
+    return files, labels
+
+
+def check_image(path: Path) -> str | None:
+    """None if ``path`` decodes completely, else why not. JPEGs decode at reduced scale (fast)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+    except Image.DecompressionBombError:
+        return "larger than Pillow's decompression-bomb limit (set TL_MAX_IMAGE_PIXELS if you trust it)"
+    except UnidentifiedImageError:
+        return "not a readable image (corrupt or unsupported format)"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        return f"corrupt or truncated image ({e})"
+    return None
+
+
+def check_images(files: list[Path], *, threads: int | None = None) -> list[tuple[Path, str]]:
+    """(path, reason) for every file that does not decode; threads because Pillow releases the GIL."""
+    threads = threads or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        reasons = list(pool.map(check_image, files, chunksize=16))
+    return [(p, r) for p, r in zip(files, reasons) if r is not None]
+
+
+def stratified_split(labels: list[int], *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, val indices): ``fraction`` of every class (at least one) goes to val.
+
+    Depends only on the labels, the fraction and the seed, so it is the same on every machine.
+    """
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    train, val = [], []
+    for y in sorted(by_class):
+        idx = by_class[y][:]
+        rng.shuffle(idx)
+        if len(idx) < 2:
+            raise TLError(f"class #{y} has only {len(idx)} image; a validation split needs at least 2 per class")
+        n_val = min(len(idx) - 1, max(1, int(round(len(idx) * fraction))))
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
+
+
+def prepare_data(root: str | os.PathLike, *, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False) -> RunData:
+    """Find classes and files: ROOT/train + ROOT/val, else a stratified split of ROOT/<class>/."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise TLError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise TLError(f"{root} is not a folder; give a folder with one sub-folder of images per class")
+    train_dir, val_dir = root / "train", root / "val"
+    if train_dir.is_dir() and val_dir.is_dir():
+        classes = find_classes(train_dir)
+        val_classes = find_classes(val_dir)
+        if val_classes != classes:
+            raise TLError(
+                f"{train_dir} and {val_dir} have different class folders "
+                f"({', '.join(classes)} vs {', '.join(val_classes)}); they must match"
+            )
+        train_files, train_labels = scan(train_dir, classes)
+        val_files, val_labels = scan(val_dir, classes)
+        split: float | None = None
+        used_val_dir: Path | None = val_dir
+    else:
+        if train_dir.is_dir() and not val_dir.exists():
+            root_for_classes = train_dir  # only train/: split it
+        else:
+            root_for_classes = root
+        if not 0.0 < val_split < 1.0:
+            raise TLError(f"--val-split must be between 0 and 1 (got {val_split}) when DATA has no val/ folder")
+        classes = find_classes(root_for_classes)
+        files, labels = scan(root_for_classes, classes)
+        train_dir, used_val_dir, split = root_for_classes, None, float(val_split)
+        train_files, train_labels, val_files, val_labels = files, labels, [], []
+
+    bad = check_images(train_files + val_files)
+    if bad and not skip_bad:
+        path, reason = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise TLError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad to skip bad images")
+    if bad:
+        bad_set = {p for p, _ in bad}
+        keep = [i for i, p in enumerate(train_files) if p not in bad_set]
+        train_files, train_labels = [train_files[i] for i in keep], [train_labels[i] for i in keep]
+        keep = [i for i, p in enumerate(val_files) if p not in bad_set]
+        val_files, val_labels = [val_files[i] for i in keep], [val_labels[i] for i in keep]
+
+    if split is not None:
+        files, labels = train_files, train_labels
+        _require_every_class(classes, labels, root_for_classes, "")
+        for i, c in enumerate(classes):
+            if labels.count(i) < 2:
+                raise TLError(
+                    f"class folder {root_for_classes / c} has only 1 usable image; "
+                    "a validation split needs at least 2 per class"
+                )
+        tr, va = stratified_split(labels, fraction=split, seed=seed)
+        train_files, train_labels = [files[i] for i in tr], [labels[i] for i in tr]
+        val_files, val_labels = [files[i] for i in va], [labels[i] for i in va]
+    else:
+        _require_every_class(classes, train_labels, train_dir, " after skipping bad images")
+        _require_every_class(classes, val_labels, val_dir, " after skipping bad images")
+
+    return RunData(
+        root=root, classes=classes, train_files=train_files, train_labels=train_labels,
+        val_files=val_files, val_labels=val_labels, train_dir=train_dir, val_dir=used_val_dir,
+        val_split=split, seed=int(seed), skipped=bad,
+    )
+
+
+def _require_every_class(classes: list[str], labels: list[int], folder: Path, why: str) -> None:
+    present = set(labels)
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty:
+        raise TLError(f"class folder {folder / empty[0]} has no usable images{why}; add images or remove the folder")
+
+
+class ImageFileDataset:
+    """(transform(image), label) for a list of files; a torch map-style dataset."""
+
+    def __init__(self, files: list[Path], labels: list[int], transform: Callable | None = None):
+        self.files = list(files)
+        self.labels = list(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        img = load_image(self.files[i])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[i]
