@@ -1,0 +1,91 @@
+"""FP32 ONNX export with the dynamo exporter, the ModelSpec inside, batch left dynamic.
+
+The example input has batch 2, so a batch of 1 is never baked into a Reshape; the file is
+one self-contained protobuf (no external data below 2 GB), so copying it copies the model.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from tl.runtime.errors import TLError
+from tl.runtime.files import atomic_path
+from tl.runtime.spec import METADATA_KEY, ModelSpec
+
+PRECISION_KEY = "tl.precision"
+MIN_OPSET = 17
+TWO_GB = 2**31
+
+
+def set_metadata(model_proto, spec: ModelSpec, precision: str) -> None:
+    """Put (or replace) tl.spec and tl.precision in metadata_props; other keys are kept."""
+    keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in (METADATA_KEY, PRECISION_KEY)]
+    del model_proto.metadata_props[:]
+    for k, v in keep + [(METADATA_KEY, spec.to_json()), (PRECISION_KEY, precision)]:
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def read_metadata(path_or_proto) -> dict[str, str]:
+    import onnx
+
+    proto = path_or_proto
+    if not hasattr(proto, "metadata_props"):
+        proto = onnx.load(str(path_or_proto), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def save_model(model_proto, path: str | Path, *, check: bool = True) -> Path:
+    """Check, then write atomically as a single file (refuses the > 2 GB case explicitly)."""
+    import onnx
+
+    size = model_proto.ByteSize()
+    if size >= TWO_GB:
+        raise TLError(
+            f"{Path(path).name}: the model is {size / 2**30:.1f} GiB, above protobuf's 2 GB limit for one file; "
+            "tl writes single-file ONNX only"
+        )
+    if check:
+        try:
+            onnx.checker.check_model(model_proto, full_check=True)
+        except onnx.checker.ValidationError as e:  # a bug in the exporter or a converter, not the user's
+            raise RuntimeError(f"{Path(path).name} failed onnx.checker: {e}") from e
+    with atomic_path(path) as tmp:
+        onnx.save_model(model_proto, str(tmp), save_as_external_data=False)
+        publish_mode(tmp)
+    return Path(path)
+
+
+def publish_mode(tmp: str | Path) -> None:
+    """mkstemp files are 0600; a published artifact gets the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
+def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, max_batch: int = 32) -> Path:
+    """Eager torch model -> ``path`` (FP32 ONNX, input "input", output "logits", dynamic batch)."""
+    import torch
+
+    if opset < MIN_OPSET:
+        raise TLError(f"--opset must be at least {MIN_OPSET} (got {opset})")
+    if max_batch < 2:
+        raise TLError(f"--max-batch must be at least 2 (got {max_batch})")
+    model = getattr(model, "_orig_mod", model).eval().to("cpu").float()
+    example = torch.randn(2, spec.input.channels, spec.input.height, spec.input.width, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset,
+            input_names=[spec.input.name], output_names=[spec.output.name],
+            dynamic_shapes=({0: batch},), external_data=False, optimize=True, verbose=False,
+        )
+    proto = program.model_proto
+    if [i.name for i in proto.graph.input] != [spec.input.name] or [o.name for o in proto.graph.output] != [spec.output.name]:
+        raise RuntimeError(f"exported graph has unexpected I/O names: {[i.name for i in proto.graph.input]} -> {[o.name for o in proto.graph.output]}")
+    set_metadata(proto, spec, "fp32")
+    proto.producer_name = "tl"
+    return save_model(proto, path)

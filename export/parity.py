@@ -1,0 +1,181 @@
+"""Parity: every artifact against eager PyTorch FP32, on the same images.
+
+Images: --val-dir, else the run's validation images recorded in the checkpoint, else
+synthetic ones (tl.train.synth.draw_shape), all through the runtime's one pipeline.
+The comparison is on logits: max/mean absolute difference and top-1 agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tl.runtime.errors import TLError
+from tl.runtime.spec import ModelSpec
+
+FP32_MAX_ABS = 1e-3
+MIN_AGREEMENT = {"fp16": 0.99, "int8": 0.98}
+# A reference whose best two logits are this close is a tie: either class is a correct top-1.
+TIE_MARGIN = 1e-5
+SYNTH_COUNT = 64
+
+
+@dataclass
+class ArtifactReport:
+    file: str
+    precision: str
+    backend: str
+    provider: str
+    size_mb: float
+    seconds: float
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    status: str = "ok"  # ok | warning | failed | skipped
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParityImages:
+    batch: np.ndarray  # NCHW float32, already preprocessed
+    source: str  # "val-dir FOLDER" | "checkpoint val_files" | "synthetic"
+    files: tuple[str, ...] = field(default_factory=tuple)
+
+
+def parity_images(*, spec: ModelSpec, ckpt: dict[str, Any] | None, val_dir: str | Path | None,
+                  count: int = 256, seed: int = 0) -> ParityImages:
+    """The images every artifact is compared on (a fixed sample, so reruns compare the same)."""
+    import random
+
+    from tl.runtime.images import list_images, preprocess
+
+    if count < 1:
+        raise TLError(f"--parity-count must be at least 1 (got {count})")
+    if val_dir is not None:
+        root = Path(val_dir)
+        if not root.is_dir():
+            raise TLError(f"--val-dir: folder not found: {root}")
+        files = list_images(root)
+        if not files:
+            raise TLError(f"--val-dir: no images under {root}; point it at a folder of images")
+        source = f"val-dir {root}"
+    else:
+        data = (ckpt or {}).get("data") or {}
+        files = [Path(f) for f in data.get("val_files") or [] if Path(f).is_file()]
+        source = "checkpoint val_files"
+    if files:
+        if len(files) > count:
+            files = sorted(random.Random(seed).sample(list(files), count))
+        return ParityImages(preprocess(files, spec), source, tuple(str(f) for f in files))
+    return ParityImages(synthetic_batch(spec, min(count, SYNTH_COUNT), seed=seed), "synthetic")
+
+
+def synthetic_batch(spec: ModelSpec, n: int, *, seed: int = 0) -> np.ndarray:
+    from tl.runtime.images import preprocess
+    from tl.train.synth import SHAPES, draw_shape
+
+    size = max(spec.input.height, spec.input.width, spec.preprocess.resize_size)
+    images = [draw_shape(SHAPES[i % len(SHAPES)], size, np.random.default_rng([seed, 7, i])) for i in range(n)]
+    return preprocess(images, spec)
+
+
+def torch_logits(model, batch: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(batch), batch_size):
+            outs.append(model(torch.from_numpy(batch[i : i + batch_size])).float().numpy())
+    return np.concatenate(outs).astype(np.float32)
+
+
+def ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
+
+
+def ort_logits(path: str | Path, batch: np.ndarray, *, batch_size: int = 32, providers: Sequence[str] | None = None) -> tuple[np.ndarray, str]:
+    """Logits from ONNX Runtime directly (no tl.runtime dependency); returns (logits, provider)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=list(providers or ort_providers()))
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: batch[i : i + batch_size]})[0] for i in range(0, len(batch), batch_size)]
+    return np.concatenate(outs).astype(np.float32), sess.get_providers()[0]
+
+
+def engine_logits(path: str | Path, batch: np.ndarray, *, device: int = 0) -> tuple[np.ndarray, str]:
+    from tl.runtime import Classifier
+
+    clf = Classifier.load(path, backend="tensorrt", device=device)
+    return np.asarray(clf.predict_logits(batch), dtype=np.float32), (clf.providers[0] if clf.providers else "tensorrt")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    disagreements: int  # top-1 differences that are not ties in the reference
+
+
+def compare(reference: np.ndarray, logits: np.ndarray) -> Comparison:
+    if reference.shape != logits.shape:
+        raise RuntimeError(f"logits shape {logits.shape} != reference {reference.shape}")
+    diff = np.abs(reference.astype(np.float64) - logits.astype(np.float64))
+    ref_top, top = reference.argmax(1), logits.argmax(1)
+    agree = ref_top == top
+    # Not a real disagreement where the reference scores both classes within TIE_MARGIN.
+    gap = reference[np.arange(len(reference)), ref_top] - reference[np.arange(len(reference)), top]
+    real = (~agree) & (gap > TIE_MARGIN)
+    return Comparison(float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0,
+                      float(agree.mean()) if len(agree) else 1.0, int(real.sum()))
+
+
+def judge(report: ArtifactReport, cmp: Comparison) -> None:
+    """Fill the report's numbers and status by the issue's rules (fp32 fails hard, others warn)."""
+    report.max_abs_diff = cmp.max_abs_diff
+    report.mean_abs_diff = cmp.mean_abs_diff
+    report.top1_agreement = cmp.top1_agreement
+    if report.precision == "fp32":
+        if cmp.max_abs_diff > FP32_MAX_ABS or cmp.disagreements:
+            report.status = "failed"
+            report.note = (f"max abs logit diff {cmp.max_abs_diff:.3g} (limit {FP32_MAX_ABS:g}), "
+                           f"{cmp.disagreements} top-1 disagreement(s)")
+        return
+    need = MIN_AGREEMENT.get(report.precision)
+    if need is not None and cmp.top1_agreement < need:
+        report.status = "warning"
+        report.note = f"top-1 agreement {cmp.top1_agreement:.1%} is below {need:.0%}"
+
+
+def render_table(reports: Sequence[ArtifactReport], *, images: int, source: str):
+    from rich.table import Table
+
+    table = Table(title=f"parity vs eager PyTorch FP32 on {images} images ({source})")
+    for col, justify in (("file", "left"), ("precision", "left"), ("backend", "left"), ("size MB", "right"),
+                         ("time s", "right"), ("max |diff|", "right"), ("mean |diff|", "right"),
+                         ("top-1 agree", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    colour = {"ok": "green", "warning": "yellow", "failed": "red", "skipped": "dim"}
+    for r in reports:
+        table.add_row(
+            r.file, r.precision, f"{r.backend} ({r.provider.replace('ExecutionProvider', '')})", f"{r.size_mb:.1f}",
+            f"{r.seconds:.1f}", _fmt(r.max_abs_diff, ".2e"), _fmt(r.mean_abs_diff, ".2e"),
+            _fmt(r.top1_agreement, ".1%"), f"[{colour.get(r.status, 'white')}]{r.status}[/]",
+        )
+    return table
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)

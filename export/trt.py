@@ -1,0 +1,308 @@
+"""TensorRT engines from tl's ONNX files, for TensorRT 8.6, 10.x and 11.x.
+
+Written after NVIDIA's TensorRT Python samples (samples/python/*/build_engine.py,
+common.py's timing-cache helpers, strongly_type_autocast/sample.py):
+
+- FP16: a strongly typed network from ``model.fp16.onnx`` where
+  ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists (TensorRT 10/11; 11 removed
+  ``BuilderFlag.FP16``), else ``model.onnx`` + ``BuilderFlag.FP16`` (8.6).
+- INT8: the QDQ ``model.int8.onnx`` (explicit quantization), strongly typed where
+  possible, else ``BuilderFlag.INT8`` (+FP16 for the layers left unquantized).
+- One optimization profile over the batch dimension; a timing cache file kept beside
+  the engines and reused by the next build; the engine is a plain serialized plan.
+
+Everything that does not need TensorRT (profile shapes, route choice from a feature
+probe, the build record) is a plain function, tested on any machine.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl.runtime.errors import TLError
+from tl.runtime.sidecar import BuildRecord
+from tl.runtime.spec import ModelSpec
+
+NOT_INSTALLED = "TensorRT is not installed (pip install 'tl[gpu]')"
+NO_GPU = "building a TensorRT engine needs an NVIDIA GPU"
+TIMING_CACHE = "tensorrt.timing.cache"
+PRECISIONS = ("fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_gib: float = 4.0
+    opt_level: int | None = None  # builder_optimization_level 0..5; None: TensorRT's default (3)
+    timing_cache: bool = True
+
+
+@dataclass(frozen=True)
+class TrtFeatures:
+    """What the installed TensorRT offers, probed with hasattr (never version strings)."""
+
+    version: str = ""
+    strongly_typed: bool = False  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (10.0+)
+    fp16_flag: bool = False  # BuilderFlag.FP16 (gone in 11)
+    int8_flag: bool = False  # BuilderFlag.INT8 (gone in 11)
+    explicit_batch_flag: bool = False  # NetworkDefinitionCreationFlag.EXPLICIT_BATCH (needed by 8.x)
+    optimization_level: bool = False  # IBuilderConfig.builder_optimization_level (8.6+)
+
+    @classmethod
+    def probe(cls, trt) -> "TrtFeatures":
+        flags = trt.NetworkDefinitionCreationFlag
+        bflags = trt.BuilderFlag
+        return cls(
+            version=str(getattr(trt, "__version__", "")),
+            strongly_typed=hasattr(flags, "STRONGLY_TYPED"),
+            fp16_flag=hasattr(bflags, "FP16"),
+            int8_flag=hasattr(bflags, "INT8"),
+            explicit_batch_flag=hasattr(flags, "EXPLICIT_BATCH"),
+            optimization_level=hasattr(trt.IBuilderConfig, "builder_optimization_level"),
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one engine is built: which ONNX file, strongly typed or not, which builder flags."""
+
+    precision: str
+    onnx_name: str  # "model.fp16.onnx" | "model.onnx" | "model.int8.onnx"
+    strongly_typed: bool
+    builder_flags: tuple[str, ...] = ()
+    network_flags: tuple[str, ...] = ()
+
+
+def choose_route(precision: str, features: TrtFeatures) -> Route:
+    """The design's precision rules (TensorRT 8.6 -> 11) as one pure function."""
+    net = ("EXPLICIT_BATCH",) if features.explicit_batch_flag and not features.strongly_typed else ()
+    if precision == "fp16":
+        if features.strongly_typed:
+            return Route("fp16", "model.fp16.onnx", True, (), ("STRONGLY_TYPED",))
+        if features.fp16_flag:
+            return Route("fp16", "model.onnx", False, ("FP16",), net)
+        raise TLError(f"TensorRT {features.version} offers neither strongly typed networks nor BuilderFlag.FP16; "
+                      "install TensorRT 8.6 or newer")
+    if precision == "int8":
+        if features.strongly_typed:
+            return Route("int8", "model.int8.onnx", True, (), ("STRONGLY_TYPED",))
+        if features.int8_flag:
+            return Route("int8", "model.int8.onnx", False, ("INT8", "FP16") if features.fp16_flag else ("INT8",), net)
+        raise TLError(f"TensorRT {features.version} cannot build INT8 from a QDQ model; install TensorRT 8.6 or newer")
+    raise TLError(f"TensorRT precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+
+
+def profile_shapes(spec: ModelSpec, options: TrtOptions) -> dict[str, list[int]]:
+    """min/opt/max NCHW shapes of the one optimization profile (batch varies, image size fixed)."""
+    lo, opt, hi = options.min_batch, options.opt_batch, options.max_batch
+    if lo < 1:
+        raise TLError(f"--min-batch must be at least 1 (got {lo})")
+    if not lo <= opt <= hi:
+        raise TLError(f"batch sizes must satisfy --min-batch <= --opt-batch <= --max-batch (got {lo}, {opt}, {hi})")
+    chw = [spec.input.channels, spec.input.height, spec.input.width]
+    return {"min": [lo, *chw], "opt": [opt, *chw], "max": [hi, *chw]}
+
+
+def engine_name(precision: str) -> str:
+    return f"model.{precision}.plan"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: "GpuInfo",
+                 onnx_path: str | Path, onnx_sha256: str, seconds: float, tl_version: str = "",
+                 timing_cache: str | None = None) -> BuildRecord:
+    """Everything the sidecar records about a build (the runtime refuses a mismatched GPU/TensorRT)."""
+    return BuildRecord(
+        tensorrt_version=features.version,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision=route.precision,
+        profile=profile_shapes(spec, options),
+        onnx_file=Path(onnx_path).name,
+        onnx_sha256=onnx_sha256,
+        build_seconds=round(float(seconds), 3),
+        built_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        strongly_typed=route.strongly_typed,
+        builder_optimization_level=options.opt_level,
+        workspace_gib=options.workspace_gib,
+        tl_version=tl_version,
+        extra={"builder_flags": list(route.builder_flags), "network_flags": list(route.network_flags),
+               "timing_cache": timing_cache},
+    )
+
+
+# -- environment --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7"
+    index: int = 0
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: F401
+    except ImportError as e:
+        raise TLError(NOT_INSTALLED) from e
+    return trt
+
+
+def gpu_info(device: int = 0) -> GpuInfo | None:
+    """The CUDA GPU's name and compute capability, or None when there is none."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and device < torch.cuda.device_count():
+            major, minor = torch.cuda.get_device_capability(device)
+            return GpuInfo(torch.cuda.get_device_name(device), f"{major}.{minor}", device)
+    except Exception:  # a CPU-only or broken torch says nothing about the GPU
+        pass
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python 12.x+
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            cudart = None
+    if cudart is not None:
+        try:
+            err, props = cudart.cudaGetDeviceProperties(device)
+            if int(err) == 0:
+                name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+                return GpuInfo(name, f"{props.major}.{props.minor}", device)
+        except Exception:
+            pass
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+            if len(out) > device:
+                name, cc = (s.strip() for s in out[device].rsplit(",", 1))
+                return GpuInfo(name, cc, device)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    return None
+
+
+def parser_errors(parser) -> list[str]:
+    """ONNX parser errors as 'node NAME (OP): description' lines (node names: TensorRT 10+)."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node_name = _call(err, "node_name")
+        op = _call(err, "node_operator")
+        node = _call(err, "node")
+        where = f"node {node_name or (('#' + str(node)) if node not in (None, -1) else '?')}"
+        if op:
+            where += f" ({op})"
+        lines.append(f"{where}: {_call(err, 'desc') or err}")
+    return lines
+
+
+def _call(obj, name):
+    fn = getattr(obj, name, None)
+    try:
+        return fn() if callable(fn) else fn
+    except Exception:
+        return None
+
+
+# -- the build ----------------------------------------------------------------------------
+
+def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, options: TrtOptions = TrtOptions(),
+                 device: int = 0, progress=None) -> tuple[Path, BuildRecord]:
+    """Build ``out_dir/model.<precision>.plan`` (+ sidecar) from the ONNX file the route needs."""
+    from tl.runtime.files import atomic_write_bytes
+    from tl.runtime.sidecar import write_sidecar
+
+    trt = import_tensorrt()
+    gpu = gpu_info(device)
+    if gpu is None:
+        raise TLError(NO_GPU)
+    features = TrtFeatures.probe(trt)
+    route = choose_route(precision, features)
+    shapes = profile_shapes(spec, options)
+    out_dir = Path(out_dir)
+    onnx_path = out_dir / route.onnx_name
+    if not onnx_path.is_file():
+        raise TLError(f"{onnx_path} is missing; export it first (tl export --onnx{' --int8' if precision == 'int8' else ''})")
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise TLError(NO_GPU)
+    flags = 0
+    for name in route.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves paths itself; bytes keep 8.6 behaviour identical.
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = parser_errors(parser)
+        raise TLError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors or ["(no details)"]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    if options.opt_level is not None and features.optimization_level:
+        if not 0 <= options.opt_level <= 5:
+            raise TLError(f"--opt-level must be between 0 and 5 (got {options.opt_level})")
+        config.builder_optimization_level = int(options.opt_level)
+    for name in route.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+
+    profile = builder.create_optimization_profile()
+    inp = network.get_input(0)
+    profile.set_shape(inp.name, min=tuple(shapes["min"]), opt=tuple(shapes["opt"]), max=tuple(shapes["max"]))
+    config.add_optimization_profile(profile)
+
+    cache_path = out_dir / TIMING_CACHE
+    if options.timing_cache:
+        buffer = cache_path.read_bytes() if cache_path.is_file() else b""
+        cache = config.create_timing_cache(buffer)
+        config.set_timing_cache(cache, True)  # ignore_mismatch: a cache from another GPU is simply not used
+
+    task = progress.add_task(f"building TensorRT {precision} engine", total=None) if progress is not None else None
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress.update(task, total=1, completed=1)
+    if plan is None:
+        raise TLError(f"TensorRT failed to build the {precision} engine from {onnx_path.name}; "
+                      "try a larger --workspace or a smaller --max-batch (TL_DEBUG=1 and the log above have details)")
+    if options.timing_cache:
+        atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
+
+    from tl import __version__ as tl_version
+
+    record = build_record(spec=spec, route=route, options=options, features=features, gpu=gpu,
+                          onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
+                          tl_version=str(tl_version), timing_cache=cache_path.name if options.timing_cache else None)
+    from tl.export.onnx import publish_mode
+    from tl.runtime.files import atomic_path
+
+    engine = out_dir / engine_name(precision)
+    with atomic_path(engine) as tmp:
+        tmp.write_bytes(memoryview(plan).tobytes())
+        publish_mode(tmp)
+    write_sidecar(engine, spec, record)
+    return engine, record
