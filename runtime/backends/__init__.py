@@ -81,7 +81,8 @@ def entry_for(path: str | Path, backend: str = "auto") -> BackendEntry:
             if by_suffix.name == "onnxruntime"
             else "a TensorRT engine runs only on the tensorrt backend"
         )
-        raise TLError(f"{path} is a {by_suffix.name} model, not a {requested.name} one; {hint}")
+        kinds = {"onnxruntime": "an ONNX model", "tensorrt": "a TensorRT engine"}
+        raise TLError(f"{path} is {kinds[by_suffix.name]}, which the {requested.name} backend cannot run; {hint}")
     return by_suffix
 
 
