@@ -97,3 +97,23 @@ def make_checkpoint(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def make_onnx(make_checkpoint, tmp_path_factory):
+    """Factory (runtime tests): checkpoint -> FP32 ONNX through tl's exporter, cached; returns (onnx, checkpoint)."""
+    cache: dict = {}
+
+    def make(arch: str = "mobilenet_v3_small", image_size: int = 64, resize_mode: str = "squash") -> tuple[Path, Path]:
+        key = (arch, image_size, resize_mode)
+        if key not in cache:
+            from tl.export.onnx import export_onnx
+            from tl.train.checkpoint import load_model
+
+            ckpt = make_checkpoint(arch=arch, image_size=image_size, resize_mode=resize_mode)
+            model, spec, _ = load_model(ckpt)
+            path = tmp_path_factory.mktemp("onnx") / f"{arch}_{image_size}_{resize_mode}.onnx"
+            cache[key] = (export_onnx(model, spec, path), ckpt)
+        return cache[key]
+
+    return make
