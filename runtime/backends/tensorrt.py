@@ -171,7 +171,6 @@ class TensorRTBackend:
         # Engines with several outputs: give the others scratch memory so enqueue succeeds.
         for extra in outs:
             if extra != self.output_name:
-                self.context.set_input_shape(self.input_name, hi)
                 buf = _Buffer(cudart, int(np.prod(tuple(self.context.get_tensor_shape(extra)))),
                               np.dtype(trt.nptype(self.engine.get_tensor_dtype(extra))))
                 self._buffers.append(buf)
