@@ -101,9 +101,13 @@ class Timing:
 
     @property
     def throughput(self) -> float:
-        """Images per second at the mean latency (host -> host)."""
-        mean = self.stats.mean_ms
-        return self.batch * 1000.0 / mean if mean > 0 else float("inf")
+        """Images per second at the median latency (host -> host).
+
+        The median, not the mean: one stall from another process on a shared machine
+        should not decide a speedup. mean_ms is reported beside it.
+        """
+        p50 = self.stats.p50_ms
+        return self.batch * 1000.0 / p50 if p50 > 0 else float("inf")
 
 
 def measure(

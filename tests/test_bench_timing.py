@@ -73,8 +73,8 @@ def test_first_run_and_warmup_are_excluded():
     assert st.p50_ms == pytest.approx(20)
     assert st.max_ms == pytest.approx(40)
     assert st.min_ms == pytest.approx(10)
-    # 4 images per 25 ms call -> 160 images/s.
-    assert t.throughput == pytest.approx(160)
+    # 4 images per call at the 20 ms median -> 200 images/s.
+    assert t.throughput == pytest.approx(200)
     assert t.wall_s == pytest.approx(0.5 + 0.2 + 0.1)
 
 

@@ -1,0 +1,353 @@
+"""Bench reports: the terminal table, bench.json/csv/md and bench.png, plus the environment.
+
+Numbers without the machine they came from are useless, so every report carries the CPU,
+GPU, driver and library versions. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tl.runtime.files import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from tl.benchmarks import BenchResult, BenchRow
+
+ISSUE_FIELDS = (
+    "backend", "precision", "provider", "device", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms",
+    "max_ms", "first_ms", "throughput", "speedup", "agreement", "accuracy", "size_mb", "build_s", "status", "error",
+)
+
+
+# -- environment --------------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _physical_cores() -> int | None:
+    try:
+        pairs = set()
+        phys = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
+            if line.startswith("physical id"):
+                phys = line.split(":", 1)[1].strip()
+            elif line.startswith("core id"):
+                core = line.split(":", 1)[1].strip()
+            elif not line.strip():
+                if core is not None:
+                    pairs.add((phys, core))
+                phys = core = None
+        return len(pairs) or None
+    except OSError:
+        return None
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
+    """Machine and library facts for bench.json (versions by package metadata: no heavy imports)."""
+    env: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_cores": _physical_cores(),
+        "cpu_threads": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "device": device,
+        "gpu": None,
+        "gpu_driver": None,
+        "cuda": None,
+        "python": sys.version.split()[0],
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "tensorrt": _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt_lean"),
+        "numpy": _version("numpy"),
+        "tl": _version("tl"),
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = threads or torch.get_num_threads()
+        env["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            i = torch.cuda.current_device()
+            env["gpu"] = torch.cuda.get_device_name(i)
+            cap = torch.cuda.get_device_capability(i)
+            env["gpu_compute_capability"] = f"{cap[0]}.{cap[1]}"
+            env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(i).total_memory / 1e9, 1)
+            env["gpu_driver"] = _nvidia_driver()
+    except ImportError:
+        pass
+    env["ort_threads"] = threads or "onnxruntime default (physical cores)"
+    return env
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.1f}"
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _provider(r: "BenchRow") -> str:
+    from tl.benchmarks.runners import ORT_PROVIDER_SHORT
+
+    return ORT_PROVIDER_SHORT.get(r.provider, r.provider) if r.provider else "-"
+
+
+def table_rows(rows: list["BenchRow"]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the terminal table and bench.md."""
+    header = ["backend", "prec", "provider", "dev", "batch", "mean ms", "p50", "p90", "p99", "min", "max",
+              "first ms", "img/s", "speedup", "agree", "acc", "MB", "build s", "gpu ms", "status"]
+    body = []
+    for r in rows:
+        status = r.status if r.status == "ok" else f"{r.status}: {r.error or ''}"
+        body.append([
+            r.backend, r.precision, _provider(r), r.device, str(r.batch), _fmt(r.mean_ms), _fmt(r.p50_ms),
+            _fmt(r.p90_ms), _fmt(r.p99_ms), _fmt(r.min_ms), _fmt(r.max_ms), _fmt(r.first_ms),
+            _fmt(r.throughput, 1), _x(r.speedup), _pct(r.agreement), _pct(r.accuracy), _fmt(r.size_mb, 1),
+            _fmt(r.build_s), _fmt(r.compute_ms), status,
+        ])
+    return header, body
+
+
+def render_table(result: "BenchResult", console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console(width=None if sys.stdout.isatty() else 220)
+    env = result.environment
+    title = (f"tl bench · {env.get('arch')} {'x'.join(map(str, env.get('image_size') or []))} · "
+             f"{env.get('gpu') or env.get('cpu')} · {env.get('device')}")
+    table = Table(title=title, caption=_caption(result), header_style="bold", show_lines=False)
+    header, body = table_rows(result.rows)
+    numeric = set(range(4, 19))
+    for i, h in enumerate(header):
+        table.add_column(h, justify="right" if i in numeric else "left", overflow="fold",
+                         max_width=60 if h == "status" else None)
+    for r, cells in zip(result.rows, body):
+        style = None if r.status == "ok" else ("yellow" if r.status == "skipped" else "red")
+        if r.status == "ok" and r.speedup is not None and r.speedup >= 1.5:
+            cells[13] = f"[green]{cells[13]}[/]"
+        table.add_row(*cells, style=style)
+    console.print(table)
+
+
+def _caption(result: "BenchResult") -> str:
+    env = result.environment
+    t = env.get("timing", {})
+    budget = f"{t.get('iters')} iters" if t.get("iters") else f"{t.get('seconds')} s"
+    img = env.get("images", {})
+    return (f"latency host->host, nearest-rank percentiles; warm-up {t.get('warmup')}, {budget} per cell; "
+            f"img/s = batch / p50 latency; speedup = img/s vs eager fp32 at the same batch; agreement = top-1 vs eager fp32 on "
+            f"{img.get('count')} images ({img.get('source')}); gpu ms = device-resident compute")
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def write_json(result: "BenchResult", path: Path) -> Path:
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    return path
+
+
+def write_csv(result: "BenchResult", path: Path) -> Path:
+    from tl.benchmarks import ROW_FIELDS
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
+    w.writeheader()
+    for r in result.rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.to_dict().items()})
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def write_md(result: "BenchResult", path: Path) -> Path:
+    env = result.environment
+    header, body = table_rows(result.rows)
+    lines = [
+        f"# tl bench: {env.get('arch')} {'x'.join(map(str, env.get('image_size') or []))}, {env.get('device')}",
+        "",
+        f"- date: {env.get('date')}",
+        f"- CPU: {env.get('cpu')} ({env.get('cpu_cores')} cores, {env.get('cpu_threads')} threads; "
+        f"torch threads {env.get('torch_threads')})",
+        f"- GPU: {env.get('gpu') or 'none'}" + (f" (driver {env.get('gpu_driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""),
+        f"- versions: Python {env.get('python')}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
+        f"tensorrt {env.get('tensorrt') or 'not installed'}",
+        f"- model: {env.get('checkpoint') or '-'}; artifacts: {', '.join(Path(a).name for a in env.get('artifacts', [])) or '-'}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 4 or i == len(header) - 1 else "---:" for i in range(len(header))) + "|",
+    ]
+    for cells in body:
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    lines += ["", _caption(result) + ".", "", "![bench](bench.png)", ""]
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+# Colours per backend family; precision varies the shade so ort fp32/int8 stay distinct.
+_COLOURS = {
+    "eager fp32": "#4d4d4d", "eager fp16": "#8c8c8c", "eager bf16": "#b3b3b3", "compile fp32": "#9467bd",
+    "ort fp32": "#1f77b4", "ort fp16": "#6baed6", "ort int8": "#2ca02c",
+    "trt fp32": "#d62728", "trt fp16": "#ff7f0e", "trt int8": "#e6550d",
+}
+
+
+def _series(rows: list["BenchRow"]) -> tuple[list[str], list[int], dict[str, dict[int, "BenchRow"]]]:
+    labels: list[str] = []
+    batches = sorted({r.batch for r in rows})
+    by: dict[str, dict[int, BenchRow]] = {}
+    for r in rows:
+        lab = _plot_label(r)
+        if lab not in by:
+            labels.append(lab)
+            by[lab] = {}
+        by[lab][r.batch] = r
+    return labels, batches, by
+
+
+def _plot_label(r: "BenchRow") -> str:
+    lab = f"{r.backend.split('-')[0]} {r.precision}"
+    if r.backend == "ort" and r.provider and r.provider != "CPUExecutionProvider":
+        lab += f" ({_provider(r)})"
+    return lab
+
+
+def write_png(result: "BenchResult", path: Path) -> Path:
+    """Two panels: p50 latency (log scale, p90-p99 whiskers) and throughput per backend and batch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    env = result.environment
+    rows = list(result.rows)
+    labels, batches, by = _series(rows)
+    n = max(1, len(labels))
+    width = 0.8 / n
+    fig = Figure(figsize=(max(11, 2.2 + 1.1 * len(batches) * (0.6 + 0.35 * n)), 5.6), dpi=130,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_lat, ax_thr = fig.subplots(1, 2)
+    xs = list(range(len(batches)))
+    for i, lab in enumerate(labels):
+        colour = _COLOURS.get(lab.split(" (")[0], None)
+        offs = [x - 0.4 + width * (i + 0.5) for x in xs]
+        lat, lo, hi, thr = [], [], [], []
+        for b in batches:
+            r = by[lab].get(b)
+            ok = r is not None and r.status == "ok" and r.p50_ms
+            lat.append(r.p50_ms if ok else 0)
+            lo.append(0)
+            hi.append(max(0.0, (r.p90_ms or r.p50_ms) - r.p50_ms) if ok else 0)
+            thr.append(r.throughput if ok else 0)
+        ax_lat.bar(offs, lat, width * 0.92, color=colour, label=lab, yerr=[lo, hi], capsize=2,
+                   error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+        bars = ax_thr.bar(offs, thr, width * 0.92, color=colour, label=lab)
+        for x, b, bar in zip(offs, batches, bars):
+            r = by[lab].get(b)
+            if r is None:
+                continue
+            if r.status != "ok":
+                for ax in (ax_lat, ax_thr):
+                    ax.text(x, 0.01, f" {r.status}", rotation=90, ha="center", va="bottom", fontsize=7,
+                            color="#b22222", transform=ax.get_xaxis_transform())
+                continue
+            txt = f"{r.throughput:,.0f}" if r.throughput >= 100 else f"{r.throughput:.1f}"
+            if r.speedup is not None and not (r.backend == "eager" and r.precision == "fp32"):
+                txt += f"\n{r.speedup:.2f}x"
+            ax_thr.text(x, bar.get_height(), txt, ha="center", va="bottom", fontsize=7)
+            # Above the whisker, so the number never sits on the line.
+            ax_lat.text(x, max(r.p50_ms, r.p90_ms or 0) * 1.02, f" {r.p50_ms:.1f}" if r.p50_ms < 100 else f" {r.p50_ms:.0f}",
+                        ha="center", va="bottom", fontsize=7, rotation=90 if n > 3 else 0)
+    for ax in (ax_lat, ax_thr):
+        ax.set_xticks(xs, [f"batch {b}" for b in batches])
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+    ok_lat = [r.p50_ms for r in rows if r.status == "ok" and r.p50_ms]
+    top = max([max(r.p50_ms, r.p90_ms or 0) for r in rows if r.status == "ok" and r.p50_ms] or [1.0])
+    if ok_lat and max(ok_lat) / max(min(ok_lat), 1e-9) > 20:
+        ax_lat.set_yscale("log")
+        ax_lat.set_ylim(min(ok_lat) / 1.5, top * 4)
+    elif ok_lat:
+        ax_lat.set_ylim(0, top * 1.25)
+    ax_lat.set_ylabel("latency per batch, ms (p50, whisker to p90) - lower is better")
+    ax_thr.set_ylabel("throughput, images/s - higher is better")
+    ax_lat.set_title("Latency")
+    ax_thr.set_title("Throughput at p50 (label: img/s, speedup vs eager fp32)")
+    ax_thr.set_ylim(0, max([r.throughput for r in rows if r.status == "ok" and r.throughput] or [1]) * 1.22)
+    ax_thr.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
+    hw = env.get("gpu") or f"{env.get('cpu')} ({env.get('cpu_threads')} threads)"
+    size = "x".join(map(str, env.get("image_size") or []))
+    fig.suptitle(f"{env.get('arch')} {size} on {hw} [{env.get('device')}]", fontsize=11, fontweight="bold")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def write_all(result: "BenchResult", out: Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "json": write_json(result, out / "bench.json"),
+        "csv": write_csv(result, out / "bench.csv"),
+        "md": write_md(result, out / "bench.md"),
+        "png": write_png(result, out / "bench.png"),
+    }

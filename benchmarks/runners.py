@@ -1,0 +1,302 @@
+"""One small runner per backend behind one interface, so the matrix treats them alike.
+
+A runner turns a host NCHW float32 batch into host float32 logits (end to end, the way
+a server uses it), can wait for its device (``sync``) and, where the backend allows,
+time device-resident compute alone. ``load`` raising :class:`SkipCell` means "cannot run
+here" (row status ``skipped``); any other exception means the cell failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl.runtime.errors import TLError
+
+TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
+ARTIFACT_BACKENDS = ("ort", "trt")
+BACKENDS = TORCH_BACKENDS + ARTIFACT_BACKENDS
+
+ORT_PROVIDER_SHORT = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "trt",
+    "OpenVINOExecutionProvider": "openvino",
+    "CoreMLExecutionProvider": "coreml",
+    "DmlExecutionProvider": "dml",
+}
+
+
+class SkipCell(Exception):
+    """This runner cannot run on this machine/device; the message says why."""
+
+
+def short_error(e: BaseException, limit: int = 240) -> str:
+    """One line for the table and bench.json (full text stays available under TL_DEBUG)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def precision_from_name(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    if ".int8." in name:
+        return "int8"
+    if ".fp16." in name:
+        return "fp16"
+    return "fp32"
+
+
+class Runner:
+    """Base: subclasses set the row identity and implement load/infer."""
+
+    backend: str = ""
+    precision: str = "fp32"
+    provider: str = ""
+    device: str = "cpu"
+    artifact: str | None = None
+    size_mb: float | None = None
+    build_s: float | None = None
+    # compile: the first call at each new batch size compiles; its time is that cell's build_s.
+    builds_per_batch: bool = False
+    max_batch: int | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.backend, self.precision]
+        if self.provider and self.backend in ARTIFACT_BACKENDS:
+            parts.append(ORT_PROVIDER_SHORT.get(self.provider, self.provider))
+        return " ".join(parts)
+
+    def load(self) -> None:
+        """Prepare (move weights, open sessions, deserialize engines)."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Wait for the device; host->host runners are synchronous already."""
+
+    def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
+        return None
+
+    def close(self) -> None:
+        """Release device memory before the next runner."""
+
+
+# -- PyTorch ------------------------------------------------------------------------------
+
+
+class TorchRunner(Runner):
+    """eager / eager-fp16 / eager-bf16 (autocast) / compile on one torch device."""
+
+    def __init__(self, *, model: Any, backend: str, device: str, size_mb: float | None = None,
+                 input_shape: tuple[int, int, int] = (3, 224, 224)):
+        import torch
+
+        if backend not in TORCH_BACKENDS:
+            raise ValueError(backend)
+        self.model = model
+        self.backend = backend
+        self.device = device
+        self.provider = "torch"
+        self.size_mb = size_mb
+        self.precision = {"eager-fp16": "fp16", "eager-bf16": "bf16"}.get(backend, "fp32")
+        self.builds_per_batch = backend == "compile"
+        self._torch = torch
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self._fn: Any = None
+        self.input_shape = tuple(input_shape)
+
+    def _autocast(self):
+        if self._dtype is None:
+            return contextlib.nullcontext()
+        return self._torch.autocast(device_type=self.device, dtype=self._dtype)
+
+    def load(self) -> None:
+        torch = self._torch
+        if self.device == "cuda" and self.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise SkipCell("this GPU has no bfloat16 support")
+        self.model.to(self.device).eval()
+        if self.backend == "compile":
+            if not hasattr(torch, "compile"):
+                raise SkipCell(f"torch {torch.__version__} has no torch.compile")
+            # Static shapes: one graph per batch size, each compiled on its first call.
+            self._fn = torch.compile(self.model, dynamic=False)
+        else:
+            self._fn = self.model
+        if self._dtype is not None:
+            self._probe_autocast()
+
+    def _probe_autocast(self) -> None:
+        """Autocast on CPU is allowed only if it actually runs and gives finite logits."""
+        torch = self._torch
+        try:
+            with torch.inference_mode(), self._autocast():
+                y = self.model(torch.rand(1, *self.input_shape, device=self.device))
+            ok = bool(torch.isfinite(y.float()).all())
+        except Exception as e:  # noqa: BLE001 - any failure means "not supported here"
+            raise SkipCell(f"autocast {self.precision} does not run on {self.device}: {short_error(e)}") from e
+        if not ok:
+            raise SkipCell(f"autocast {self.precision} gives non-finite logits on {self.device}")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode(), self._autocast():
+            x = torch.from_numpy(batch).to(self.device)
+            y = self._fn(x)
+            return y.float().cpu().numpy()
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self._torch.cuda.synchronize()
+
+    def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
+        if self.device != "cuda":
+            return None
+        from tl.benchmarks.timing import cuda_event_timer
+
+        torch = self._torch
+        x = torch.from_numpy(batch).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            self._fn(x)  # same shape as the timed cell: already compiled/warm
+            return cuda_event_timer(torch)(lambda: self._fn(x), iters)
+
+    def close(self) -> None:
+        self._fn = None
+        if self.device == "cuda":
+            self.model.to("cpu")
+            self._torch.cuda.empty_cache()
+
+
+# -- tl.runtime artifacts ------------------------------------------------------------------
+
+
+def _classifier_load(path: Path, *, backend: str, providers: list[str] | None, threads: int | None):
+    from tl.runtime import Classifier
+
+    kwargs: dict[str, Any] = {"backend": backend}
+    if providers is not None:
+        kwargs["providers"] = providers
+    if threads:
+        params = inspect.signature(Classifier.load).parameters
+        if "intra_op_threads" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["intra_op_threads"] = threads
+    return Classifier.load(path, **kwargs)
+
+
+class ClassifierRunner(Runner):
+    """An exported artifact through tl.runtime.Classifier: exactly what `tl predict` runs."""
+
+    def __init__(self, *, path: str | Path, backend: str, device: str, provider: str | None = None,
+                 threads: int | None = None, build_s: float | None = None, expected_spec: Any = None):
+        if backend not in ARTIFACT_BACKENDS:
+            raise ValueError(backend)
+        self.path = Path(path)
+        self.backend = backend
+        self.device = device
+        self.provider = provider or ("TensorRT" if backend == "trt" else "")
+        self.artifact = self.path.name
+        self.precision = precision_from_name(self.path)
+        self.size_mb = self.path.stat().st_size / 1e6 if self.path.is_file() else None
+        self.threads = threads
+        self._engine_build_s = build_s
+        self.expected_spec = expected_spec
+        self.clf: Any = None
+
+    def load(self) -> None:
+        if self.backend == "trt" and self.device != "cuda":
+            raise SkipCell("TensorRT engines run only on a CUDA GPU (use --device cuda)")
+        t0 = time.perf_counter()
+        self.clf = _classifier_load(
+            self.path,
+            backend="onnxruntime" if self.backend == "ort" else "tensorrt",
+            providers=[self.provider] if self.backend == "ort" else None,
+            threads=self.threads,
+        )
+        load_s = time.perf_counter() - t0
+        # TensorRT: the engine build (from the sidecar/export.json) is the build time; ORT: session creation.
+        self.build_s = self._engine_build_s if self._engine_build_s is not None else load_s
+        self.precision = getattr(self.clf, "precision", self.precision) or self.precision
+        used = list(getattr(self.clf, "providers", []) or [])
+        if self.backend == "ort" and used:
+            if self.provider and used[0] != self.provider:
+                raise SkipCell(f"ONNX Runtime fell back to {used[0]} instead of {self.provider}")
+            self.provider = used[0]
+        elif self.backend == "trt" and used:
+            self.provider = used[0]
+        self.max_batch = getattr(self.clf, "max_batch", None)
+        if self.expected_spec is not None:
+            why = spec_mismatch(self.expected_spec, self.clf.spec)
+            if why:
+                raise TLError(f"{self.path.name} was not exported from the benchmarked checkpoint ({why})")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.clf.predict_logits(batch), dtype=np.float32)
+
+    def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
+        if self.device != "cuda":
+            return None
+        for obj in (self.clf, getattr(self.clf, "backend", None)):
+            fn = getattr(obj, "device_compute_ms", None)
+            if callable(fn):
+                return fn(batch, iters)
+        return None
+
+    def close(self) -> None:
+        for obj in (self.clf, getattr(self.clf, "backend", None)):
+            fn = getattr(obj, "close", None)
+            if callable(fn):
+                with contextlib.suppress(Exception):
+                    fn()
+                break
+        self.clf = None
+
+
+class SkippedRunner(Runner):
+    """A row that cannot run here (e.g. ONNX Runtime without a CUDA provider on a GPU bench)."""
+
+    def __init__(self, *, backend: str, precision: str, device: str, reason: str, provider: str = "",
+                 artifact: str | None = None, size_mb: float | None = None):
+        self.backend, self.precision, self.device, self.provider = backend, precision, device, provider
+        self.artifact, self.size_mb, self.reason = artifact, size_mb, reason
+
+    def load(self) -> None:
+        raise SkipCell(self.reason)
+
+
+def spec_mismatch(a: Any, b: Any) -> str | None:
+    """Why two ModelSpecs cannot be compared image for image, or None."""
+    if tuple(a.classes) != tuple(b.classes):
+        return "classes differ"
+    if (a.input.height, a.input.width) != (b.input.height, b.input.width):
+        return f"input {b.input.height}x{b.input.width}, checkpoint {a.input.height}x{a.input.width}"
+    if a.preprocess != b.preprocess:
+        return "preprocessing differs"
+    return None
+
+
+def available_ort_providers(device: str) -> list[str]:
+    """The ONNX Runtime providers a bench on ``device`` uses: CPU on cpu, CUDA on cuda.
+
+    TensorRT through ORT is left out: tl's own engines (``trt`` rows) cover TensorRT, and
+    building inside ORT would add minutes to every run.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    available = ort.get_available_providers()
+    wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    return [wanted] if wanted in available else []
+
+
+def model_size_mb(model: Any) -> float:
+    """Bytes of parameters + buffers, what an FP32 checkpoint costs on disk (MB = 1e6 bytes)."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    return total / 1e6

@@ -1,0 +1,128 @@
+"""Report writers: bench.json schema, CSV/MD/PNG produced and carrying the numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tl.benchmarks import ROW_FIELDS, BenchResult, BenchRow
+from tl.benchmarks.report import ISSUE_FIELDS, environment, render_table, write_all
+
+ENV_KEYS = {"cpu", "cpu_cores", "cpu_threads", "gpu", "gpu_driver", "python", "torch", "onnxruntime", "tensorrt"}
+
+
+def _row(backend, precision, batch, p50, **kw) -> BenchRow:
+    provider = kw.pop("provider", "torch" if backend.startswith(("eager", "compile")) else "CPUExecutionProvider")
+    r = BenchRow(backend=backend, precision=precision, provider=provider, device="cpu", batch=batch, **kw)
+    if r.status == "ok":
+        r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms = p50 * 1.1, p50, p50 * 1.2, p50 * 1.5
+        r.min_ms, r.max_ms, r.first_ms = p50 * 0.9, p50 * 1.5, p50 * 3
+        r.throughput = batch * 1000 / p50
+    return r
+
+
+@pytest.fixture
+def result() -> BenchResult:
+    rows = []
+    for b, base in ((1, 120.0), (8, 800.0)):
+        rows.append(_row("eager", "fp32", b, base, size_mb=553.4, agreement=1.0, accuracy=0.9))
+        rows.append(_row("compile", "fp32", b, base * 0.8, size_mb=553.4, build_s=61.0, agreement=1.0, accuracy=0.9))
+        rows.append(_row("ort", "fp32", b, base * 0.9, size_mb=553.5, build_s=1.2, agreement=1.0, accuracy=0.9,
+                         artifact="model.onnx"))
+        rows.append(_row("ort", "int8", b, base * 0.3, size_mb=138.5, build_s=0.8, agreement=0.97, accuracy=0.88,
+                         artifact="model.int8.onnx"))
+        rows.append(_row("trt", "fp16", b, 0, provider="TensorRT", status="skipped",
+                         error="TensorRT engines run only on a CUDA GPU (use --device cuda)", artifact="model.fp16.plan"))
+        rows.append(_row("eager-bf16", "bf16", b, 0, status="failed", error="RuntimeError: boom | pipe"))
+    from tl.benchmarks import _speedups
+
+    _speedups(rows)
+    env = environment(device="cpu", threads=None)
+    env.update({"arch": "vgg16", "image_size": [224, 224], "artifacts": ["/x/model.onnx", "/x/model.int8.onnx"],
+                "images": {"source": "synthetic shapes (32)", "count": 32, "labelled": True},
+                "timing": {"warmup": 3, "seconds": 3.0, "iters": None}})
+    return BenchResult(rows=rows, environment=env, images=env["images"])
+
+
+def test_speedup_is_relative_to_eager_fp32_at_the_same_batch(result):
+    int8_b8 = result.row("ort", 8, "int8")
+    assert int8_b8.speedup == pytest.approx(1 / 0.3)
+    assert result.row("eager", 1).speedup == pytest.approx(1.0)
+    assert result.row("trt", 1).speedup is None  # skipped rows get none
+
+
+def test_environment_has_the_machine_and_versions():
+    env = environment(device="cpu")
+    assert ENV_KEYS <= set(env)
+    assert env["cpu_threads"] >= 1 and env["cpu"]
+    assert env["python"].count(".") == 2
+    assert env["torch"] and env["onnxruntime"]
+    json.dumps(env)  # plain values only
+
+
+def test_writers_schema_and_contents(result, tmp_path):
+    files = write_all(result, tmp_path / "out")
+    assert {p.name for p in files.values()} == {"bench.json", "bench.csv", "bench.md", "bench.png"}
+    # No temp files left beside them.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.csv", "bench.json", "bench.md", "bench.png"]
+
+    data = json.loads(files["json"].read_text())
+    assert set(data) == {"environment", "rows"}
+    assert ENV_KEYS <= set(data["environment"])
+    assert len(data["rows"]) == len(result.rows)
+    for row in data["rows"]:
+        assert set(ISSUE_FIELDS) <= set(row), set(ISSUE_FIELDS) - set(row)
+        assert row["status"] in ("ok", "failed", "skipped")
+        if row["status"] == "ok":
+            assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+            assert row["error"] is None
+        else:
+            assert row["error"] and row["mean_ms"] is None
+    skipped = [r for r in data["rows"] if r["status"] == "skipped"]
+    assert skipped and "CUDA" in skipped[0]["error"]
+
+    with files["csv"].open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert list(csv_rows[0]) == list(ROW_FIELDS)
+    assert len(csv_rows) == len(result.rows)
+    int8 = next(r for r in csv_rows if r["precision"] == "int8" and r["batch"] == "8")
+    assert float(int8["throughput"]) == pytest.approx(8000 / 240)
+    assert float(int8["agreement"]) == pytest.approx(0.97)
+
+    md = files["md"].read_text()
+    table = [l for l in md.splitlines() if l.startswith("|")]
+    assert len(table) == 2 + len(result.rows)  # header, rule, one line per row
+    assert all(l.count(" | ") == table[0].count(" | ") for l in table if "\\|" not in l and not l.startswith("|---"))
+    assert "RuntimeError: boom \\| pipe" in md  # escaped, not a broken table
+    assert "97.0%" in md and "3.33x" in md and "vgg16" in md and "bench.png" in md
+
+    png = files["png"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        w, h = im.size
+        arr = np.asarray(im.convert("RGB"))
+    assert w >= 1200 and h >= 600
+    # Non-trivial: many distinct colours (bars, text), not a blank canvas.
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 50
+    assert png.stat().st_size > 20_000
+
+
+def test_rich_table_shows_rows_and_failures(result):
+    from rich.console import Console
+
+    console = Console(record=True, width=250)
+    render_table(result, console=console)
+    text = console.export_text()
+    assert "vgg16" in text and "int8" in text and "3.33x" in text
+    assert "failed: RuntimeError" in text and "skipped" in text
+
+
+def test_png_with_only_failed_rows_still_renders(tmp_path):
+    rows = [_row("eager", "fp32", 1, 0, status="failed", error="x")]
+    env = {"arch": "resnet18", "image_size": [32, 32], "device": "cpu", "cpu": "cpu", "timing": {}, "images": {}}
+    files = write_all(BenchResult(rows=rows, environment=env, images={}), tmp_path)
+    assert files["png"].stat().st_size > 5_000
