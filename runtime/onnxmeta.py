@@ -40,7 +40,7 @@ class OnnxMeta:
     def opset(self) -> int | None:
         return self.opsets.get("") or self.opsets.get("ai.onnx")
 
-    def precision(self, path: str | Path = "") -> str:
+    def precision(self) -> str:
         """metadata tl.precision, else the graph: Q/DQ ops -> int8, fp16 weights -> fp16, else fp32."""
         declared = self.metadata.get(PRECISION_KEY, "").lower()
         if declared in ("fp32", "fp16", "int8"):

@@ -222,3 +222,25 @@ def test_context_manager_and_rgba_image(model_files):
         rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
         white = Image.new("RGB", (40, 30), (255, 255, 255))
         assert c.predict(rgba)[0].top_k == c.predict(white)[0].top_k  # transparent -> white background
+
+
+def test_fp16_artifact_from_the_exporter(model_files, clf, synth_data, tmp_path):
+    """model.fp16.onnx (float16 weights, float32 I/O): precision from metadata and from the graph alone."""
+    import onnx
+
+    from tl.export.fp16 import convert_fp16
+
+    half_path = convert_fp16(model_files[0], tmp_path / "model.fp16.onnx")
+    half = Classifier.load(half_path, providers="cpu")
+    assert half.precision == "fp16"
+    files = list_images(synth_data / "val")[:8]
+    x = clf.preprocess(files)
+    ref, got = clf.predict_logits(x), half.predict_logits(x)
+    assert got.dtype == np.float32 and np.abs(got - ref).max() < 0.05
+    proto = onnx.load(str(half_path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != "tl.precision"]
+    del proto.metadata_props[:]
+    for k, v in kept:
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(tmp_path / "undeclared.onnx"))
+    assert Classifier.load(tmp_path / "undeclared.onnx").precision == "fp16"

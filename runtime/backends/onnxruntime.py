@@ -68,7 +68,7 @@ class OnnxRuntimeBackend:
             raise TLError(f"model not found: {self.path}")
         self.meta = read_onnx_meta(self.path)  # TLError if it is not ONNX at all
         self.spec = self._resolve_spec(spec)
-        self.precision = self.meta.precision(self.path)
+        self.precision = self.meta.precision()
         self.device = int(device)
 
         available = ort.get_available_providers()
