@@ -147,6 +147,46 @@ def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features
     )
 
 
+def fold_int32_dequantize(model_proto) -> int:
+    """Replace DequantizeLinear nodes over int32 initializers (quantized biases) by float initializers.
+
+    ONNX Runtime's CPU kernels need the int32 bias DQ to fuse QLinearConv, but TensorRT's
+    parser rejects it ("only activation types allowed as input to this layer"), so the
+    engine is built from this in-memory variant of model.int8.onnx. Returns how many were folded.
+    """
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    graph = model_proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    folded, keep = 0, []
+    for node in graph.node:
+        src = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" and node.input else None
+        if src is None or src.data_type != TensorProto.INT32 or node.input[1] not in inits:
+            keep.append(node)
+            continue
+        q = numpy_helper.to_array(src).astype(np.float64)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] in inits else 0.0
+        if q.ndim == 1 or scale.ndim == 0:
+            value = (q - zp) * scale
+        else:  # per-axis scale on a higher-rank tensor
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            value = (q - np.reshape(zp, shape) if np.ndim(zp) else q - zp) * scale.reshape(shape)
+        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name=node.output[0]))
+        folded += 1
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        unused = [t for t in graph.initializer if t.name not in used]
+        for t in unused:
+            graph.initializer.remove(t)
+    return folded
+
+
 # -- environment --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -255,8 +295,14 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    # parse_from_file resolves paths itself; bytes keep 8.6 behaviour identical.
-    if not parser.parse(onnx_path.read_bytes()):
+    onnx_bytes = onnx_path.read_bytes()
+    if precision == "int8":
+        import onnx
+
+        proto = onnx.load_from_string(onnx_bytes)
+        if fold_int32_dequantize(proto):
+            onnx_bytes = proto.SerializeToString()
+    if not parser.parse(onnx_bytes):
         errors = parser_errors(parser)
         raise TLError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors or ["(no details)"]))
 

@@ -1,0 +1,137 @@
+"""model.onnx and model.fp16.onnx: real torchvision models, real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(make_checkpoint, tmp_path_factory):
+    from tl.export.fp16 import convert_fp16
+    from tl.export.onnx import export_onnx
+    from tl.train.checkpoint import load_model
+
+    model, spec, _ = load_model(make_checkpoint("mobilenet_v3_small", image_size=64))
+    out = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(model, spec, out / "model.onnx", opset=20, max_batch=16)
+    fp16 = convert_fp16(fp32, out / "model.fp16.onnx")
+    return model, spec, fp32, fp16
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _torch(model, x):
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_fp32_io_names_dynamic_batch_opset_and_single_file(exported):
+    _, spec, fp32, _ = exported
+    proto = onnx.load(str(fp32))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # batch is symbolic, never baked in
+    assert [d.dim_value for d in dims[1:]] == [3, spec.input.height, spec.input.width]
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 20
+    # One self-contained file: no external-data references, nothing else written beside it.
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert sorted(p.name for p in fp32.parent.iterdir()) == ["model.fp16.onnx", "model.onnx"]
+
+
+def test_metadata_round_trip(exported):
+    from tl.export.onnx import read_metadata
+    from tl.runtime.spec import ModelSpec
+
+    _, spec, fp32, fp16 = exported
+    for path, precision in ((fp32, "fp32"), (fp16, "fp16")):
+        meta = read_metadata(path)
+        assert ModelSpec.from_json(meta["tl.spec"]) == spec
+        assert meta["tl.precision"] == precision
+        # ONNX Runtime sees the same metadata (what tl.runtime reads).
+        assert _session(path).get_modelmeta().custom_metadata_map["tl.spec"] == meta["tl.spec"]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7])
+def test_fp32_matches_torch_at_any_batch(exported, batch):
+    model, spec, fp32, _ = exported
+    x = np.random.default_rng(batch).standard_normal((batch, 3, spec.input.height, spec.input.width)).astype(np.float32)
+    y = _session(fp32).run(None, {"input": x})[0]
+    assert y.shape == (batch, spec.num_classes)
+    np.testing.assert_allclose(y, _torch(model, x), atol=1e-4, rtol=1e-4)
+
+
+def test_fp16_has_half_weights_float_io_and_agrees(exported):
+    model, spec, _, fp16 = exported
+    proto = onnx.load(str(fp16))
+    onnx.checker.check_model(proto, full_check=True)
+    float_inits = [t for t in proto.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    big = [t for t in float_inits if np.prod(t.dims) > 16]
+    assert big and all(t.data_type == onnx.TensorProto.FLOAT16 for t in big)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(n.op_type == "Conv" for n in proto.graph.node)
+    x = np.random.default_rng(0).standard_normal((5, 3, spec.input.height, spec.input.width)).astype(np.float32)
+    y = _session(fp16).run(None, {"input": x})[0]
+    assert y.dtype == np.float32 and y.shape == (5, spec.num_classes)
+    ref = _torch(model, x)
+    assert np.abs(y - ref).max() < 5e-2 * max(1.0, np.abs(ref).max())
+    assert fp16.stat().st_size < 0.6 * (fp16.parent / "model.onnx").stat().st_size
+
+
+def test_resnet18_also_exports(make_checkpoint, tmp_path):
+    from tl.export.onnx import export_onnx
+    from tl.train.checkpoint import load_model
+
+    model, spec, _ = load_model(make_checkpoint("resnet18", image_size=32))
+    path = export_onnx(model, spec, tmp_path / "r.onnx")
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(_session(path).run(None, {"input": x})[0], _torch(model, x), atol=1e-4, rtol=1e-4)
+
+
+def test_opset_below_17_is_a_user_error(exported, tmp_path):
+    from tl.export.onnx import export_onnx
+    from tl.runtime.errors import TLError
+
+    model, spec, _, _ = exported
+    with pytest.raises(TLError, match="--opset must be at least 17"):
+        export_onnx(model, spec, tmp_path / "x.onnx", opset=13)
+    assert not list(tmp_path.iterdir())
+
+
+def test_set_metadata_replaces_tl_keys_and_keeps_others(exported):
+    from tl.export.onnx import read_metadata, set_metadata
+
+    _, spec, fp32, _ = exported
+    proto = onnx.load(str(fp32), load_external_data=False)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "author", "me"
+    set_metadata(proto, spec, "int8")
+    set_metadata(proto, spec, "int8")
+    keys = [p.key for p in proto.metadata_props]
+    assert sorted(keys) == ["author", "tl.precision", "tl.spec"]
+    assert read_metadata(proto)["tl.precision"] == "int8"
+
+
+def test_fp16_refuses_onnx_without_spec(tmp_path):
+    from onnx import TensorProto, helper
+
+    from tl.export.fp16 import convert_fp16
+    from tl.runtime.errors import TLError
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(TLError, match="no tl.spec"):
+        convert_fp16(tmp_path / "foreign.onnx", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
