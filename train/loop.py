@@ -247,6 +247,7 @@ class _Run:
     best_loss: float = math.inf
     best_epoch: int = 0
     best_confusion: list = field(default_factory=list)
+    acc_epoch: int = 0  # last epoch whose val accuracy beat every earlier one (--patience)
     history: list[dict] = field(default_factory=list)
 
     def payload(self, *, metrics: dict | None = None) -> dict[str, Any]:
@@ -270,6 +271,7 @@ class _Run:
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_confusion": self.best_confusion,
+            "acc_epoch": self.acc_epoch,
             "interrupted": interrupted,
         })
         path = self.run_dir / "last.pt"
@@ -361,6 +363,7 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
         run.best_loss = float(resume_ckpt["best_metric"]["val_loss"])
         run.best_epoch = int(resume_ckpt.get("best_epoch", 0))
         run.best_confusion = list(resume_ckpt.get("best_confusion") or [])
+        run.acc_epoch = int(resume_ckpt.get("acc_epoch", run.best_epoch))
         run.history = [h for h in resume_ckpt.get("history") or [] if h["epoch"] <= run.epoch]
 
     loader_gen = torch.Generator()
@@ -403,6 +406,8 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 run.epoch = epoch
+                if val_acc > run.best_acc:
+                    run.acc_epoch = epoch
                 improved = val_acc > run.best_acc or (val_acc == run.best_acc and val_loss < run.best_loss)
                 row = {
                     "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
@@ -422,9 +427,10 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
                     f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
                     + ("  [green]best[/]" if improved else "")
                 )
-                if options.patience and epoch - run.best_epoch >= options.patience:
+                if options.patience and epoch - run.acc_epoch >= options.patience:
                     progress.console.print(
-                        f"early stop: val accuracy has not improved for {options.patience} epochs (best: epoch {run.best_epoch})"
+                        f"early stop: val accuracy has not improved for {options.patience} epochs "
+                        f"(last improvement: epoch {run.acc_epoch})"
                     )
                     stopped_early = True
                     break
