@@ -434,9 +434,9 @@ def run(options: BenchOptions) -> BenchResult:
 
     model = spec = ckpt = None
     ckpt_path = targets.checkpoint
-    torch_needed = wanted is None or any(b in wanted for b in ("eager", "eager-fp16", "eager-bf16", "compile"))
-    if ckpt_path is None and targets.export_checkpoint is not None and torch_needed:
-        ckpt_path = targets.export_checkpoint  # the export names its checkpoint: eager rows and agreement
+    if ckpt_path is None and targets.export_checkpoint is not None:
+        # The export names its checkpoint: the eager FP32 reference for agreement (and eager rows by default).
+        ckpt_path = targets.export_checkpoint
     if ckpt_path is not None:
         from tl.train.checkpoint import load_model
 

@@ -34,7 +34,7 @@ class TimingOptions:
             raise TLError(f"--warmup must be 0 or more (got {self.warmup})")
         if self.iters is not None and self.iters < 1:
             raise TLError(f"--iters must be at least 1 (got {self.iters})")
-        if self.iters is None and (self.seconds is None or not self.seconds > 0):
+        if (self.seconds is not None and not self.seconds > 0) or (self.iters is None and self.seconds is None):
             raise TLError(f"--seconds must be more than 0 (got {self.seconds}); or give --iters N")
 
 

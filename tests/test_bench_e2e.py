@@ -1,0 +1,215 @@
+"""`tl bench` end to end on CPU: a small real model, its real ONNX FP32/INT8 export, real sessions.
+
+One export folder is made per session (tl.export.export), with a corrupt artifact and an
+engine beside the good files, so one run checks that failing/skipped cells do not stop the
+matrix and that agreement/accuracy/speedup are computed against eager FP32.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error
+
+ARCH = "mobilenet_v3_small"
+SIZE = 48
+CLASSES = ("circle", "square", "triangle", "cross")
+FAST = ("--iters", "3", "--warmup", "1")
+
+
+@pytest.fixture(scope="module")
+def bench_model(tmp_path_factory, synth_data):
+    """A barely trained model (predictions differ per image) + its ONNX FP32/INT8 export."""
+    import torch
+
+    from tl.export import ExportOptions, export
+    from tl.runtime.images import list_images, preprocess
+    from tl.runtime.spec import ModelSpec
+    from tl.train.checkpoint import clean_state_dict, save_checkpoint
+    from tl.train.models import build_model
+
+    root = tmp_path_factory.mktemp("bench_model")
+    torch.manual_seed(0)
+    spec = ModelSpec.create(arch=ARCH, classes=list(CLASSES), image_size=SIZE)
+    model = build_model(ARCH, len(CLASSES), weights="none")
+    files = list_images(synth_data / "train")
+    x = torch.from_numpy(preprocess(files, spec))
+    y = torch.tensor([CLASSES.index(f.parent.name) for f in files])
+    # A few training steps, then BatchNorm statistics from the data (cumulative average), so
+    # eval-mode predictions vary per image and agreement is not trivially 100%.
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+            m.reset_running_stats()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    val = list_images(synth_data / "val")
+    ckpt = root / "run" / "best.pt"
+    save_checkpoint(ckpt, {
+        "spec": spec.to_dict(), "state_dict": clean_state_dict(model), "epoch": 1,
+        "best_metric": {"val_acc": 0.0, "val_loss": 0.0}, "args": {"arch": ARCH},
+        "data": {"root": str(synth_data), "train_dir": str(synth_data / "train"), "val_dir": str(synth_data / "val"),
+                 "val_split": None, "seed": 0, "train_files": [str(f) for f in files],
+                 "val_files": [str(f) for f in val], "val_labels": [CLASSES.index(f.parent.name) for f in val]},
+    })
+    out = root / "export"
+    export(ExportOptions(checkpoint=ckpt, out=out, int8=True, calib_dir=synth_data / "train", calib_count=16,
+                         parity_count=8, quiet=True))
+    assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
+    return ckpt, out
+
+
+@pytest.fixture
+def messy_export(bench_model, tmp_path):
+    """The real export plus a corrupt ONNX file and an engine that cannot run here."""
+    _, out = bench_model
+    folder = tmp_path / "export"
+    shutil.copytree(out, folder)
+    (folder / "model.fp16.onnx").write_bytes(b"\x08\x07not really an onnx file" * 10)
+    (folder / "model.fp16.plan").write_bytes(b"\x00" * 64)
+    return folder
+
+
+def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tmp_path):
+    ckpt, _ = bench_model
+    out = tmp_path / "bench"
+    r = tl_cli("bench", ckpt.parent, messy_export, "--device", "cpu", "--backends", "eager,ort,trt",
+               "--batch-sizes", "1,4", *FAST, "--val-dir", synth_data / "val", "--threads", "2", "--out", out)
+    assert r.code == 0, r.err
+    assert "ort" in r.out and "int8" in r.out
+    assert f"to {out}" in r.out
+    for name in ("bench.json", "bench.csv", "bench.md", "bench.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 200, name
+    data = json.loads((out / "bench.json").read_text())
+    rows = data["rows"]
+    by = {(r["backend"], r["precision"], r["batch"]): r for r in rows}
+    # 5 runners (eager, ort fp32, ort fp16 (corrupt), ort int8, trt fp16) x 2 batch sizes.
+    assert len(rows) == 5 * 2
+    assert [r["backend"] for r in rows[:2]] == ["eager", "eager"]
+
+    for b in (1, 4):
+        eager, fp32, int8 = by[("eager", "fp32", b)], by[("ort", "fp32", b)], by[("ort", "int8", b)]
+        for row in (eager, fp32, int8):
+            assert row["status"] == "ok", row
+            assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+            assert row["throughput"] == pytest.approx(b * 1000 / row["p50_ms"])
+            assert row["speedup"] == pytest.approx(row["throughput"] / eager["throughput"])
+            assert row["first_ms"] > 0 and row["size_mb"] > 0
+        assert eager["agreement"] == 1.0 and eager["speedup"] == pytest.approx(1.0)
+        assert fp32["provider"] == "CPUExecutionProvider" and fp32["build_s"] > 0
+        assert int8["size_mb"] < 0.6 * fp32["size_mb"]
+        # The corrupt file failed with its reason; the engine is skipped on CPU; the rest ran.
+        bad = by[("ort", "fp16", b)]
+        assert bad["status"] == "failed" and bad["error"] and bad["mean_ms"] is None
+        trt = by[("trt", "fp16", b)]
+        assert trt["status"] == "skipped" and "CUDA" in trt["error"]
+
+    # Agreement and accuracy, recomputed independently: eager via torch, INT8 via tl.runtime.
+    from tl.runtime import Classifier
+    from tl.runtime.images import list_images, preprocess
+    from tl.train.checkpoint import load_model
+    import torch
+
+    model, spec, _ = load_model(ckpt)
+    files = list_images(synth_data / "val")
+    labels = np.array([CLASSES.index(f.parent.name) for f in files])
+    x = preprocess(files, spec)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).argmax(1).numpy()
+    int8_top1 = Classifier.load(messy_export / "model.int8.onnx").predict_logits(x).argmax(1)
+    assert len(set(ref.tolist())) > 1, "the test model should not predict one class for everything"
+    assert by[("eager", "fp32", 1)]["accuracy"] == pytest.approx(float((ref == labels).mean()))
+    assert by[("ort", "int8", 4)]["agreement"] == pytest.approx(float((int8_top1 == ref).mean()))
+    assert by[("ort", "int8", 4)]["accuracy"] == pytest.approx(float((int8_top1 == labels).mean()))
+    assert by[("ort", "fp32", 1)]["agreement"] >= 0.9
+
+    env = data["environment"]
+    assert env["images"]["count"] == len(files) and env["images"]["labelled"]
+    assert env["arch"] == ARCH and env["image_size"] == [SIZE, SIZE]
+    md = (out / "bench.md").read_text()
+    assert "failed" in md and "skipped" in md and "int8" in md
+
+
+def test_export_folder_alone_finds_its_checkpoint(tl_cli, bench_model, tmp_path):
+    """export.json names the checkpoint: agreement still means 'vs eager FP32', images from its data."""
+    ckpt, export_dir = bench_model
+    from tl.benchmarks import BenchOptions, run
+
+    res = run(BenchOptions(targets=[export_dir], device="cpu", backends=["ort"], batch_sizes=[2],
+                           iters=2, warmup=0, images=6, progress=False))
+    assert [r.precision for r in res.rows] == ["fp32", "int8"]
+    assert all(r.status == "ok" and r.agreement is not None for r in res.rows), res.rows
+    assert all(r.speedup is None for r in res.rows)  # no eager row timed: no speedup claimed
+    assert res.environment["checkpoint"] == str(ckpt)
+    assert res.images["source"].startswith("checkpoint validation images") and res.images["count"] == 6
+    assert res.files == {}  # no --out: nothing written
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["{missing}"], ["no such file or folder"]),
+    (["{empty}"], ["no best.pt"]),
+    (["{readme}"], ["not a checkpoint"]),
+    (["{ckpt}", "--batch-sizes", "0,8"], ["--batch-sizes"]),
+    (["{ckpt}", "--batch-sizes", "one"], ["--batch-sizes"]),
+    (["{ckpt}", "--backends", "eager,tensorflow"], ["--backends", "tensorflow"]),
+    (["{ckpt}", "--backends", "ort"], ["export folder"]),
+    (["{ckpt}", "--seconds", "0"], ["--seconds"]),
+    (["{ckpt}", "--iters", "0"], ["--iters"]),
+    (["{ckpt}", "--threads", "0"], ["--threads"]),
+    (["{ckpt}", "--warmup", "-1"], ["--warmup"]),
+    (["{ckpt}", "{ckpt2}"], ["at most one checkpoint"]),
+    (["{ckpt}", "--val-dir", "{missing}"], ["--val-dir", "no such folder"]),
+    (["{ckpt}", "--val-dir", "{badval}"], ["--val-dir", "not one of the model's classes"]),
+    (["{ckpt}", "--device", "gpu"], ["--device"]),
+])
+def test_bad_inputs_are_one_error_line(tl_cli, bench_model, tmp_path, args, fragments):
+    ckpt, export_dir = bench_model
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "readme.txt").write_text("hi")
+    (tmp_path / "badval" / "dog").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "badval" / "dog" / "a.png")
+    ckpt2 = tmp_path / "other.pt"
+    shutil.copy(ckpt, ckpt2)
+    subst = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "readme": tmp_path / "readme.txt",
+             "ckpt": ckpt, "ckpt2": ckpt2, "export": export_dir, "badval": tmp_path / "badval"}
+    argv = [a.format(**subst) for a in args]
+    # Cheap defaults first; the case's own options come later and win.
+    r = tl_cli("bench", "--backends", "eager", *FAST, "--out", tmp_path / "out", *argv)
+    assert_user_error(r, *fragments)
+    assert not (tmp_path / "out" / "bench.json").exists()
+
+
+def test_device_cuda_without_gpu_is_a_user_error(tl_cli, bench_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    ckpt, _ = bench_model
+    r = tl_cli("bench", ckpt, "--device", "cuda", "--out", tmp_path / "out", *FAST)
+    assert_user_error(r, "--device cuda", "--device cpu")
+
+
+def test_bench_help_imports_no_torch():
+    from conftest import run_tl_subprocess
+
+    r = run_tl_subprocess("bench", "--help")
+    assert r.code == 0 and "--batch-sizes" in r.out and "--val-dir" in r.out
+    import subprocess
+    import sys
+
+    code = "import sys, tl.benchmarks.cli; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
