@@ -86,6 +86,9 @@ def train(ctx, data_dir, resume, no_progress, **kwargs):
     from click.core import ParameterSource
 
     from tl.runtime.errors import TLError
+
+    if data_dir is None and not resume:
+        raise TLError("missing DATA: tl train DATA (a folder of class sub-folders), or --resume RUN/last.pt")
     from tl.train.loop import TrainOptions, fit
 
     if resume:
@@ -94,8 +97,6 @@ def train(ctx, data_dir, resume, no_progress, **kwargs):
             given["data"] = data_dir
         options = TrainOptions.for_resume(resume, progress=not no_progress, **given)
     else:
-        if data_dir is None:
-            raise TLError("missing DATA: tl train DATA (a folder of class sub-folders), or --resume RUN/last.pt")
         options = TrainOptions(data=data_dir, progress=not no_progress, **kwargs)
     result = fit(options)
     if result.interrupted:
