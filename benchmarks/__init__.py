@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -73,15 +72,6 @@ class BenchRow:
     # Beyond the schema: device-resident compute time (trtexec's GPU Compute Time), and the file.
     compute_ms: float | None = None
     artifact: str | None = None
-
-    @property
-    def label(self) -> str:
-        from tl.benchmarks.runners import ORT_PROVIDER_SHORT
-
-        parts = [self.backend, self.precision]
-        if self.backend in ("ort",) and self.provider:
-            parts.append(ORT_PROVIDER_SHORT.get(self.provider, self.provider))
-        return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
