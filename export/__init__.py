@@ -110,6 +110,11 @@ def export(options: ExportOptions) -> ExportResult:
     model, spec, ckpt = load_model(o.checkpoint)
     if o.trt:
         profile_shapes(spec, trt_options)
+    calib_files = None
+    if want_int8:  # find calibration images before spending time on the export
+        from tl.export.int8 import calibration_images
+
+        calib_files = calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
     out = Path(o.out) if o.out is not None else default_out(o.checkpoint)
     if out.exists() and not out.is_dir():
         raise TLError(f"--out {out} is a file; give a folder")
@@ -169,11 +174,10 @@ def export(options: ExportOptions) -> ExportResult:
 
         calib_info: dict[str, Any] | None = None
         if want_int8:
-            from tl.export.int8 import CalibOptions, calibration_images, quantize_int8
+            from tl.export.int8 import CalibOptions, quantize_int8
 
-            files = calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
             t0 = time.perf_counter()
-            calib_info = quantize_int8(fp32, out / "model.int8.onnx", files=files,
+            calib_info = quantize_int8(fp32, out / "model.int8.onnx", files=calib_files,
                                        options=CalibOptions(count=o.calib_count, method=o.calib_method), progress=progress)
             calib_info["source"] = str(o.calib_dir) if o.calib_dir is not None else "checkpoint train data"
             check_onnx("model.int8.onnx", "int8", time.perf_counter() - t0)
