@@ -159,7 +159,7 @@ def export(options: ExportOptions) -> ExportResult:
         progress.remove_task(task)
         if r.status == "failed":
             fp32.unlink(missing_ok=True)
-            _write_report(out, o, images, reports)
+            _write_report(out, ckpt.get("path", o.checkpoint), images, reports)
             raise TLError(f"model.onnx does not match PyTorch ({r.note}); removed it. "
                           "This is a bug in the exporter for this model: try another --opset, or report it")
 
@@ -201,7 +201,7 @@ def export(options: ExportOptions) -> ExportResult:
     for r in reports:
         if r.status == "warning":
             warnings.append(f"{r.file}: {r.note}")
-    path = _write_report(out, o, images, reports, calib=calib_info)
+    path = _write_report(out, ckpt.get("path", o.checkpoint), images, reports, calib=calib_info)
     console.print(par.render_table(reports, images=len(images.batch), source=images.source))
     for w in warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -209,9 +209,9 @@ def export(options: ExportOptions) -> ExportResult:
                         image_source=images.source, warnings=warnings)
 
 
-def _write_report(out: Path, o: ExportOptions, images, reports, calib=None) -> Path:
+def _write_report(out: Path, checkpoint: str | Path, images, reports, calib=None) -> Path:
     data = {
-        "checkpoint": str(Path(o.checkpoint).resolve()),
+        "checkpoint": str(Path(checkpoint).resolve()),
         "images": int(len(images.batch)),
         "image_source": images.source,
         "artifacts": [r.to_dict() for r in reports],

@@ -42,7 +42,7 @@ def test_run_folder_onnx_fp16_int8_and_report(tl_cli, run_dir, synth_data, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
     report = json.loads((out / "export.json").read_text())
     n_val = len(list((synth_data / "val").rglob("*.*")))
-    assert report["checkpoint"] == str((run_dir / "best.pt").resolve()) or report["checkpoint"] == str(run_dir.resolve())
+    assert report["checkpoint"] == str((run_dir / "best.pt").resolve())  # the file, even when given the run folder
     assert report["images"] == n_val and report["image_source"] == "checkpoint val_files"
     arts = {a["file"]: a for a in report["artifacts"]}
     assert list(arts) == ["model.onnx", "model.fp16.onnx", "model.int8.onnx"]
