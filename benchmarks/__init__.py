@@ -351,7 +351,8 @@ def _make_runners(o: BenchOptions, targets: Targets, wanted: list[str] | None, d
             else ["eager", "eager-bf16", "compile", "ort", "trt"]
     runners = []
     shape = (spec.input.channels, spec.input.height, spec.input.width)
-    torch_wanted = [b for b in wanted if b in ("eager", "eager-fp16", "eager-bf16", "compile")]
+    # Canonical order whatever the user typed: eager FP32 first, it is everyone's reference.
+    torch_wanted = [b for b in ("eager", "eager-fp16", "eager-bf16", "compile") if b in wanted]
     if model is not None:
         size = model_size_mb(model)
         for b in torch_wanted:
@@ -496,8 +497,12 @@ def run(options: BenchOptions) -> BenchResult:
                     except Exception as e:  # noqa: BLE001
                         if debug:
                             raise
-                        row.status, row.error = "failed", ("out of memory at batch %d: " % b if _is_oom(e) else "") + short_error(e)
+                        oom = _is_oom(e)
+                        row.status, row.error = "failed", (f"out of memory at batch {b}: " if oom else "") + short_error(e)
                         _free_cuda(device)
+                        if not oom and all(r.status == "failed" for r in runner_rows):
+                            # Broken from its first cell (e.g. compile cannot build): do not pay for it again.
+                            status, error = "failed", f"{row.error} (at batch {b})"
                     progress.advance(task)
                 if any(r.status == "ok" for r in runner_rows):
                     progress.update(task, description=f"{runner.label} agreement")

@@ -212,3 +212,20 @@ def test_bench_help_imports_no_torch():
 
     code = "import sys, tl.benchmarks.cli; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_compile_that_cannot_build_fails_its_cells_and_the_matrix_goes_on(bench_model, tmp_path):
+    """A real torch.compile failure (no C++ compiler for inductor), in a fresh interpreter."""
+    from conftest import run_tl_subprocess
+
+    ckpt, _ = bench_model
+    out = tmp_path / "bench"
+    r = run_tl_subprocess("bench", ckpt, "--device", "cpu", "--backends", "compile,eager", "--batch-sizes", "1,2",
+                          "--iters", "2", "--warmup", "0", "--images", "4", "--out", out,
+                          env={"CXX": str(tmp_path / "no-such-compiler")})
+    assert r.code == 0, r.err
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    compile_rows = [x for x in rows if x["backend"] == "compile"]
+    assert [x["status"] for x in compile_rows] == ["failed", "failed"]
+    assert all("compiler" in x["error"].lower() for x in compile_rows)
+    assert [x["status"] for x in rows if x["backend"] == "eager"] == ["ok", "ok"]
