@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import REPO, assert_user_error
 from tl.runtime.images import preprocess
 from tl.runtime.spec import ModelSpec
-from tl.train import TrainOptions, TrainResult, fit
+from tl.train import TrainOptions, fit
 from tl.train.checkpoint import load_model
 
 RUN_FILES = {"best.pt", "last.pt", "metrics.jsonl", "history.png", "confusion.png", "batch.png", "spec.json"}
@@ -162,16 +162,18 @@ def test_patience_stops_early(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_run_clearly_beats_chance(tmp_path):
-    from tl.train.synth import SynthOptions, make_dataset
-
-    data = make_dataset(tmp_path / "data", SynthOptions(classes=4, per_class=100, size=48, seed=0))
-    r = fit(TrainOptions(data=data, out=tmp_path / "run", arch="resnet18", weights="none", image_size=48,
-                         augment="none", epochs=4, batch_size=16, optimizer="adamw", lr=1e-3,
-                         scheduler="cosine", weight_decay=0.05, workers=0, progress=False, device="cpu"))
-    assert isinstance(r, TrainResult)
-    assert r.best_val_acc >= 0.5, r.history  # chance is 0.25
-    assert r.per_class and all(0 <= row["precision"] <= 1 for row in r.per_class)
+def test_demo_trains_from_scratch_and_clearly_beats_chance(tl_cli, tmp_path):
+    """`tl demo`: synthetic data + training on CPU; the model must be far above chance (0.25)."""
+    r = tl_cli("demo", "--out", tmp_path / "demo")
+    assert r.code == 0, r.err
+    run = tmp_path / "demo" / "run"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["best_metric"]["val_acc"] >= 0.45, ckpt["best_metric"]
+    assert ckpt["spec"]["arch"] == "resnet18" and len(ckpt["data"]["val_files"]) == 4 * 150
+    assert str(run / "best.pt") in r.out and str(tmp_path / "demo" / "data") in r.out
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
 def test_ctrl_c_writes_last_pt_and_exits_cleanly(synth_data, tmp_path):

@@ -13,15 +13,16 @@ from typing import Any, Callable
 
 import click
 
-# Training recipe chosen to beat chance clearly in ~1-2 minutes on 2 CPU cores with no
-# pretrained weights: resnet18 (trains from scratch far better than mobilenet_v3 on few
-# steps), 48 px synthetic shapes, AdamW + cosine, augmentation off (the shapes already
-# vary in colour, position, scale and rotation).
-DEMO_DATA = {"classes": 4, "per_class": 100, "size": 48, "seed": 0, "val_fraction": 0.25}
+# Recipe chosen to beat chance (0.25) clearly within ~2 minutes on 2 CPU cores with no
+# pretrained weights. Measured: resnet18 from scratch at 32 px on 1800 training images
+# reaches ~0.6 val accuracy in 8 epochs (mobilenet_v3_small stayed at chance, and fewer,
+# larger images overfit: from scratch, many steps on many small images win). No
+# augmentation: the shapes already vary in colour, position, scale and rotation.
+DEMO_DATA = {"classes": 4, "per_class": 600, "size": 32, "seed": 0, "val_fraction": 0.25}
 DEMO_TRAIN = {
-    "arch": "resnet18", "weights": "none", "image_size": 48, "augment": "none",
-    "epochs": 8, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "scheduler": "cosine",
-    "weight_decay": 0.05, "workers": 0, "device": "cpu", "seed": 0,
+    "arch": "resnet18", "weights": "none", "image_size": 32, "augment": "none",
+    "epochs": 8, "batch_size": 32, "optimizer": "adamw", "lr": 2e-3, "scheduler": "cosine",
+    "workers": 0, "device": "cpu", "seed": 0,
 }
 
 
@@ -68,13 +69,7 @@ def step_train(ctx: DemoContext) -> None:
 
 
 def step_summary(ctx: DemoContext) -> None:
-    """Where everything was written."""
-    from rich.table import Table
-
-    table = Table(title="tl demo: what was written")
-    table.add_column("what")
-    table.add_column("where")
-    table.add_column("seconds", justify="right")
+    """Where everything was written (one line each, never wrapped, so paths can be copied)."""
     rows = [("synthetic dataset", ctx.data_dir, "data")]
     train = ctx.results.get("train")
     if train is not None:
@@ -82,14 +77,18 @@ def step_summary(ctx: DemoContext) -> None:
             ("best checkpoint", train.best_path, "train"),
             ("last checkpoint (--resume)", train.last_path, None),
             ("metrics per epoch", train.run_dir / "metrics.jsonl", None),
-            ("curves / confusion / batch", train.run_dir / "{history,confusion,batch}.png", None),
+            ("loss/accuracy curves", train.run_dir / "history.png", None),
+            ("confusion matrix", train.run_dir / "confusion.png", None),
+            ("a training batch", train.run_dir / "batch.png", None),
             ("model spec", train.run_dir / "spec.json", None),
         ]
     rows += ctx.results.get("summary_rows", [])
+    ctx.console.print("\n[bold]tl demo: what was written[/]")
+    width = max(len(what) for what, _, _ in rows)
     for what, where, step in rows:
         t = ctx.timings.get(step) if step else None
-        table.add_row(what, str(where), f"{t:.1f}" if t is not None else "")
-    ctx.console.print(table)
+        took = f"  ({t:.0f} s)" if t is not None else ""
+        ctx.console.print(f"  {what:<{width}}  {where}{took}", soft_wrap=True, highlight=False)
 
 
 # Later stages append here, e.g. STEPS.insert(-1, ("export", step_export)).

@@ -379,12 +379,13 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
     criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
 
     console.print(
-        f"[bold]tl train[/] {options.arch} ({options.weights if resume_ckpt is None else 'resumed'} weights, "
+        f"[bold]tl train[/] {options.arch} (weights: {options.weights if resume_ckpt is None else 'resumed'}, "
         f"{n_trainable:,} trainable params) on {device} | {len(data.classes)} classes, "
         f"{len(train_ds)} train / {len(val_ds)} val images"
         + (f", {len(data.skipped)} bad skipped" if data.skipped else "")
         + f" | {options.image_size}px, batch {options.batch_size}, {options.optimizer} lr {options.lr}"
-        + (f" | AMP {str(dtype).removeprefix('torch.')}" if dtype else "")
+        + (f" | AMP {str(dtype).removeprefix('torch.')}" if dtype else ""),
+        soft_wrap=True,
     )
     if resume_ckpt is not None:
         console.print(f"resuming after epoch {run.epoch} from {options.resume}")
@@ -425,7 +426,8 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
                 progress.console.print(
                     f"epoch {epoch}/{options.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
                     f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
-                    + ("  [green]best[/]" if improved else "")
+                    + ("  [green]best[/]" if improved else ""),
+                    soft_wrap=True,
                 )
                 if options.patience and epoch - run.acc_epoch >= options.patience:
                     progress.console.print(
@@ -440,7 +442,7 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
         _write_metrics(run_dir / "metrics.jsonl", run.history)
         console.print(
             f"\ninterrupted: saved {path} (after epoch {run.epoch}); continue with "
-            f"tl train --resume {path}"
+            f"tl train --resume {path}", soft_wrap=True, highlight=False,
         )
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
@@ -574,4 +576,4 @@ def print_summary(result: TrainResult, *, console) -> None:
     if result.stopped_early:
         console.print(f"stopped early after epoch {result.epochs_run} (--patience)")
     console.print(f"run folder: {result.run_dir}  (best.pt, last.pt, metrics.jsonl, history.png, "
-                  f"confusion.png, batch.png, spec.json)")
+                  f"confusion.png, batch.png, spec.json)", soft_wrap=True, highlight=False)
