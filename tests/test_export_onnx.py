@@ -88,16 +88,6 @@ def test_fp16_has_half_weights_float_io_and_agrees(exported):
     assert fp16.stat().st_size < 0.6 * (fp16.parent / "model.onnx").stat().st_size
 
 
-def test_resnet18_also_exports(make_checkpoint, tmp_path):
-    from tl.export.onnx import export_onnx
-    from tl.train.checkpoint import load_model
-
-    model, spec, _ = load_model(make_checkpoint("resnet18", image_size=32))
-    path = export_onnx(model, spec, tmp_path / "r.onnx")
-    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(_session(path).run(None, {"input": x})[0], _torch(model, x), atol=1e-4, rtol=1e-4)
-
-
 def test_opset_below_17_is_a_user_error(exported, tmp_path):
     from tl.export.onnx import export_onnx
     from tl.runtime.errors import TLError
