@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tl.export.onnx import read_metadata, save_model, set_metadata
+from tl.export.onnx import MAX_BATCH_KEY, read_metadata, save_model, set_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.spec import METADATA_KEY, ModelSpec
 
@@ -34,6 +34,6 @@ def convert_fp16(src: str | Path, path: str | Path) -> Path:
     wrapped = OnnxModel(half)
     wrapped.topological_sort()
     half = wrapped.model
-    set_metadata(half, spec, "fp16")
+    set_metadata(half, spec, "fp16", meta.get(MAX_BATCH_KEY))
     half.producer_name = "tl"
     return save_model(half, path)

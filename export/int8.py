@@ -119,7 +119,7 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tl.export.onnx import read_metadata, save_model, set_metadata
+    from tl.export.onnx import MAX_BATCH_KEY, read_metadata, save_model, set_metadata
 
     if options.method not in CALIB_METHODS:
         raise TLError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {options.method!r})")
@@ -161,7 +161,7 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
         )
         t2 = time.perf_counter()
         proto = onnx.load(str(out))
-        set_metadata(proto, spec, "int8")
+        set_metadata(proto, spec, "int8", meta.get(MAX_BATCH_KEY))
         proto.producer_name = "tl"
         save_model(proto, path)
     return {"preprocess_s": t1 - t0, "calibrate_s": t2 - t1, "images": len(files), "method": options.method}

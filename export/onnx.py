@@ -15,15 +15,20 @@ from tl.runtime.files import atomic_path
 from tl.runtime.spec import METADATA_KEY, ModelSpec
 
 PRECISION_KEY = "tl.precision"
+MAX_BATCH_KEY = "tl.max_batch"  # the runtime sizes batches and TensorRT EP profiles from it
 MIN_OPSET = 17
 TWO_GB = 2**31
 
 
-def set_metadata(model_proto, spec: ModelSpec, precision: str) -> None:
-    """Put (or replace) tl.spec and tl.precision in metadata_props; other keys are kept."""
-    keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in (METADATA_KEY, PRECISION_KEY)]
+def set_metadata(model_proto, spec: ModelSpec, precision: str, max_batch: int | str | None = None) -> None:
+    """Put (or replace) tl.spec, tl.precision (and tl.max_batch) in metadata_props; other keys are kept."""
+    ours = (METADATA_KEY, PRECISION_KEY) + ((MAX_BATCH_KEY,) if max_batch is not None else ())
+    keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in ours]
     del model_proto.metadata_props[:]
-    for k, v in keep + [(METADATA_KEY, spec.to_json()), (PRECISION_KEY, precision)]:
+    entries = [(METADATA_KEY, spec.to_json()), (PRECISION_KEY, precision)]
+    if max_batch is not None:
+        entries.append((MAX_BATCH_KEY, str(int(max_batch))))
+    for k, v in keep + entries:
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = k, v
 
@@ -86,6 +91,6 @@ def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, ma
     proto = program.model_proto
     if [i.name for i in proto.graph.input] != [spec.input.name] or [o.name for o in proto.graph.output] != [spec.output.name]:
         raise RuntimeError(f"exported graph has unexpected I/O names: {[i.name for i in proto.graph.input]} -> {[o.name for o in proto.graph.output]}")
-    set_metadata(proto, spec, "fp32")
+    set_metadata(proto, spec, "fp32", max_batch)
     proto.producer_name = "tl"
     return save_model(proto, path)

@@ -72,6 +72,7 @@ def test_int8_metadata(quantized):
     _, spec, path, _ = quantized
     meta = read_metadata(path)
     assert meta["tl.precision"] == "int8" and ModelSpec.from_json(meta["tl.spec"]) == spec
+    assert meta["tl.max_batch"] == "32"  # carried over from model.onnx (default max batch)
     # No leftovers from quant_pre_process/calibration beside the artifact.
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.int8.onnx", "model.onnx"]
 

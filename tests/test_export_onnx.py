@@ -57,6 +57,7 @@ def test_metadata_round_trip(exported):
         meta = read_metadata(path)
         assert ModelSpec.from_json(meta["tl.spec"]) == spec
         assert meta["tl.precision"] == precision
+        assert meta["tl.max_batch"] == "16"  # exported with max_batch=16; the runtime sizes batches by it
         # ONNX Runtime sees the same metadata (what tl.runtime reads).
         assert _session(path).get_modelmeta().custom_metadata_map["tl.spec"] == meta["tl.spec"]
 
@@ -108,8 +109,11 @@ def test_set_metadata_replaces_tl_keys_and_keeps_others(exported):
     set_metadata(proto, spec, "int8")
     set_metadata(proto, spec, "int8")
     keys = [p.key for p in proto.metadata_props]
-    assert sorted(keys) == ["author", "tl.precision", "tl.spec"]
+    assert sorted(keys) == ["author", "tl.max_batch", "tl.precision", "tl.spec"]
     assert read_metadata(proto)["tl.precision"] == "int8"
+    assert read_metadata(proto)["tl.max_batch"] == "16"  # kept when not given
+    set_metadata(proto, spec, "int8", 4)
+    assert read_metadata(proto)["tl.max_batch"] == "4"
 
 
 def test_fp16_refuses_onnx_without_spec(tmp_path):
