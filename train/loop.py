@@ -115,6 +115,8 @@ class TrainOptions:
         ckpt = load_checkpoint(checkpoint)
         names = {f.name for f in dataclasses.fields(cls)}
         args = {k: v for k, v in dict(ckpt.get("args") or {}).items() if k in names}
+        if isinstance(ckpt.get("data"), dict) and ckpt["data"].get("root"):
+            args["data"] = ckpt["data"]["root"]  # absolute: resuming from another folder still works
         args.update(overrides)
         args["resume"] = str(checkpoint)
         if overrides.get("out") is None:
@@ -403,7 +405,12 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
                     run, train_loader, criterion, dtype, memory_format, progress, epoch,
                     capture=None if (run_dir / "batch.png").exists() else run_dir / "batch.png",
                 )
-                val_loss, val_acc, confusion = _evaluate(model, val_loader, device, dtype, memory_format, len(data.classes))
+                val_task = progress.add_task("  validate", total=len(val_loader), stats="")
+                val_loss, val_acc, confusion = _evaluate(
+                    model, val_loader, device, dtype, memory_format, len(data.classes),
+                    on_batch=lambda: progress.advance(val_task),
+                )
+                progress.remove_task(val_task)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 run.epoch = epoch
@@ -478,7 +485,7 @@ def _progress(console, enabled: bool):
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"),
+        TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not enabled, transient=True,
     ) as progress:
@@ -489,7 +496,7 @@ def _train_epoch(run: _Run, loader: DataLoader, criterion: nn.Module, dtype, mem
                  capture: Path | None) -> tuple[float, float]:
     model, device, optimizer, scaler = run.model, run.device, run.optimizer, run.scaler
     model.train()
-    task = progress.add_task(f"epoch {epoch}/{run.options.epochs}", total=len(loader), loss=0.0, acc=0.0)
+    task = progress.add_task(f"epoch {epoch}/{run.options.epochs}", total=len(loader), stats="")
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -509,8 +516,9 @@ def _train_epoch(run: _Run, loader: DataLoader, criterion: nn.Module, dtype, mem
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
-        if step % 10 == 9 or step == len(loader) - 1:  # .item() syncs the GPU: not every step
-            progress.update(task, completed=step + 1, loss=loss_sum.item() / seen, acc=correct.item() / seen)
+        if device.type != "cuda" or step % 10 == 9 or step == len(loader) - 1:  # .item() syncs a GPU
+            progress.update(task, completed=step + 1,
+                            stats=f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.3f}")
     progress.remove_task(task)
     if not seen:
         return math.nan, math.nan
@@ -519,7 +527,7 @@ def _train_epoch(run: _Run, loader: DataLoader, criterion: nn.Module, dtype, mem
 
 @torch.inference_mode()
 def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype, memory_format,
-              num_classes: int) -> tuple[float, float, np.ndarray]:
+              num_classes: int, on_batch=None) -> tuple[float, float, np.ndarray]:
     """(mean cross-entropy, accuracy, confusion matrix) on the validation loader."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -534,6 +542,8 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype,
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
         seen += y.shape[0]
+        if on_batch is not None:
+            on_batch()
     cm = confusion.view(num_classes, num_classes).cpu().numpy()
     if not seen:
         return math.nan, 0.0, cm
