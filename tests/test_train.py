@@ -231,6 +231,7 @@ def test_bad_options(tl_cli, synth_data, tmp_path, cli_run):
     assert_user_error(tl_cli("train", "--resume", cli_run / "best.pt"), "no optimizer state", "last.pt")
     assert_user_error(tl_cli("train", "--resume", tmp_path / "missing.pt"), "checkpoint not found")
     assert_user_error(tl_cli("train", "--resume", cli_run / "last.pt", "--arch", "resnet18"), "trained as")
+    assert_user_error(tl_cli("train", "--resume", cli_run / "last.pt"), "already finished epoch 2", "--epochs")
     assert not (tmp_path / "run").exists() or not (tmp_path / "run" / "best.pt").exists()
 
 

@@ -315,6 +315,11 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
     if options.resume is not None:
         resume_ckpt = load_checkpoint(options.resume)
         _check_resume(resume_ckpt, options, Path(options.resume))
+        if int(resume_ckpt["epoch"]) >= options.epochs:
+            raise TLError(
+                f"{options.resume} has already finished epoch {resume_ckpt['epoch']} of --epochs {options.epochs}; "
+                f"pass --epochs N with N > {resume_ckpt['epoch']} to train further"
+            )
 
     data = prepare_data(options.data, val_split=options.val_split, seed=options.seed, skip_bad=options.skip_bad)
     spec = ModelSpec.create(
