@@ -448,6 +448,13 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
                     )
                     stopped_early = True
                     break
+    except TLError as e:
+        # A file that broke after the up-front check, raised inside a DataLoader worker:
+        # torch re-raises it with the worker's traceback in the message; keep one line.
+        text = str(e)
+        if "Original Traceback" in text and "TLError: " in text:
+            raise TLError(text.rsplit("TLError: ", 1)[1].strip()) from None
+        raise
     except KeyboardInterrupt:
         interrupted = True
         path = run.save_last(interrupted=True)
