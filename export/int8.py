@@ -8,7 +8,6 @@ points all 0) is what TensorRT requires.
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 import time

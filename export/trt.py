@@ -22,9 +22,8 @@ import hashlib
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tl.runtime.errors import TLError
 from tl.runtime.sidecar import BuildRecord
