@@ -218,11 +218,8 @@ def _write_report(out: Path, checkpoint: str | Path, images, reports, calib=None
     }
     if calib is not None:
         data["calibration"] = calib
-    from tl.export.onnx import publish_mode
-    from tl.runtime.files import atomic_path
+    from tl.runtime.files import atomic_write_text
 
     path = out / "export.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        publish_mode(tmp)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path

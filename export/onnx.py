@@ -6,7 +6,6 @@ one self-contained protobuf (no external data below 2 GB), so copying it copies 
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -59,15 +58,7 @@ def save_model(model_proto, path: str | Path, *, check: bool = True) -> Path:
             raise RuntimeError(f"{Path(path).name} failed onnx.checker: {e}") from e
     with atomic_path(path) as tmp:
         onnx.save_model(model_proto, str(tmp), save_as_external_data=False)
-        publish_mode(tmp)
     return Path(path)
-
-
-def publish_mode(tmp: str | Path) -> None:
-    """mkstemp files are 0600; a published artifact gets the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
 
 
 def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, max_batch: int = 32) -> Path:

@@ -342,12 +342,7 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     record = build_record(spec=spec, route=route, options=options, features=features, gpu=gpu,
                           onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
                           tl_version=str(tl_version), timing_cache=cache_path.name if options.timing_cache else None)
-    from tl.export.onnx import publish_mode
-    from tl.runtime.files import atomic_path
-
     engine = out_dir / engine_name(precision)
-    with atomic_path(engine) as tmp:
-        tmp.write_bytes(memoryview(plan).tobytes())
-        publish_mode(tmp)
+    atomic_write_bytes(engine, memoryview(plan).tobytes())
     write_sidecar(engine, spec, record)
     return engine, record

@@ -9,14 +9,25 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    mkstemp creates the temp file 0600; it gets the mode a plain open() would give, so a
+    published checkpoint, model or report is as readable as any other file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _default_mode())
     try:
         yield tmp_path
         os.replace(tmp_path, path)
