@@ -11,10 +11,8 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,23 +28,6 @@ ISSUE_FIELDS = (
 
 
 # -- environment --------------------------------------------------------------------------------
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _physical_cores() -> int | None:
@@ -67,22 +48,15 @@ def _physical_cores() -> int | None:
         return None
 
 
-def _nvidia_driver() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
 def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
     """Machine and library facts for bench.json (versions by package metadata: no heavy imports)."""
+    from tl.runtime.env import cpu_info, gpu_info, package_version
+
     env: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "os": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_info()["model"],
         "cpu_cores": _physical_cores(),
         "cpu_threads": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -91,13 +65,13 @@ def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
         "gpu_driver": None,
         "cuda": None,
         "python": sys.version.split()[0],
-        "torch": _version("torch"),
-        "torchvision": _version("torchvision"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-        "tensorrt": _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt_lean"),
-        "numpy": _version("numpy"),
-        "tl": _version("tl"),
+        "torch": package_version("torch"),
+        "torchvision": package_version("torchvision"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+        "tensorrt": package_version("tensorrt") or package_version("tensorrt-cu12") or package_version("tensorrt_lean"),
+        "numpy": package_version("numpy"),
+        "tl": package_version("tl"),
     }
     try:
         import torch
@@ -110,7 +84,8 @@ def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
             cap = torch.cuda.get_device_capability(i)
             env["gpu_compute_capability"] = f"{cap[0]}.{cap[1]}"
             env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(i).total_memory / 1e9, 1)
-            env["gpu_driver"] = _nvidia_driver()
+            smi = gpu_info()
+            env["gpu_driver"] = smi[0].get("driver_version") if smi else None
     except ImportError:
         pass
     env["ort_threads"] = threads or "onnxruntime default (physical cores)"

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +202,10 @@ def import_tensorrt():
 
 
 def gpu_info(device: int = 0) -> GpuInfo | None:
-    """The CUDA GPU's name and compute capability, or None when there is none."""
+    """The CUDA GPU's name and compute capability, or None when there is none.
+
+    torch first (export has it), then the runtime's own probes: cuda-python, nvidia-smi.
+    """
     try:
         import torch
 
@@ -213,30 +214,17 @@ def gpu_info(device: int = 0) -> GpuInfo | None:
             return GpuInfo(torch.cuda.get_device_name(device), f"{major}.{minor}", device)
     except Exception:  # a CPU-only or broken torch says nothing about the GPU
         pass
+    from tl.runtime.backends.tensorrt import gpu_compute_capability, import_cudart
+    from tl.runtime.env import gpu_info as nvidia_smi_gpus
+
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python 12.x+
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            cudart = None
-    if cudart is not None:
-        try:
-            err, props = cudart.cudaGetDeviceProperties(device)
-            if int(err) == 0:
-                name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-                return GpuInfo(name, f"{props.major}.{props.minor}", device)
-        except Exception:
-            pass
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
-            if len(out) > device:
-                name, cc = (s.strip() for s in out[device].rsplit(",", 1))
-                return GpuInfo(name, cc, device)
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
+        capability, name = gpu_compute_capability(import_cudart(), device)
+        return GpuInfo(name, capability, device)
+    except (TLError, RuntimeError):  # no cuda-python, no GPU, or a CUDA error
+        pass
+    gpus = nvidia_smi_gpus()
+    if len(gpus) > device and gpus[device].get("compute_cap"):
+        return GpuInfo(gpus[device]["name"], gpus[device]["compute_cap"], device)
     return None
 
 

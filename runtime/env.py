@@ -14,7 +14,7 @@ from importlib import metadata
 from typing import Any
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -80,8 +80,8 @@ def environment() -> dict[str, Any]:
         "pillow": PIL.__version__,
         "onnxruntime": onnxruntime_info(),
         "tensorrt": tensorrt_version(),
-        "cuda_python": _version("cuda-python") or _version("cuda-bindings"),
-        "tl": _version("tl"),
+        "cuda_python": package_version("cuda-python") or package_version("cuda-bindings"),
+        "tl": package_version("tl"),
         "cpu": cpu_info(),
         "gpus": gpu_info(),
     }
