@@ -282,11 +282,10 @@ def bench_images(spec, *, ckpt: dict | None, val_dir: str | Path | None, limit: 
     if existing:
         chosen = _spread(existing, limit)
         return preprocess(chosen, spec), None, f"checkpoint validation images ({len(chosen)} of {len(val_files)})"
-    from tl.train.synth import SHAPES, draw_shape
+    from tl.export.parity import synthetic_batch
 
-    size = max(spec.input.height, spec.input.width)
-    imgs = [draw_shape(SHAPES[i % len(SHAPES)], size, np.random.default_rng([1234, i])) for i in range(min(limit, 32))]
-    return preprocess(imgs, spec), None, f"synthetic shapes ({len(imgs)})"
+    n = min(limit, 32)
+    return synthetic_batch(spec, n, seed=1234), None, f"synthetic shapes ({n})"
 
 
 def _batch_of(x: np.ndarray, n: int) -> np.ndarray:

@@ -8,7 +8,6 @@ points all 0) is what TensorRT requires.
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,18 +37,12 @@ def calibration_images(*, calib_dir: str | Path | None, ckpt: dict[str, Any] | N
 
     A fixed-seed sample spread over all classes, so two exports calibrate identically.
     """
-    from tl.runtime.images import list_images
+    from tl.runtime.images import images_in_folder, sample_files
 
     if count < 1:
         raise TLError(f"--calib-count must be at least 1 (got {count})")
     if calib_dir is not None:
-        root = Path(calib_dir)
-        if not root.is_dir():
-            raise TLError(f"--calib-dir: folder not found: {root}")
-        files = list_images(root)
-        if not files:
-            raise TLError(f"--calib-dir: no images under {root} (jpg, png, ...); point it at a folder of images")
-        where = str(root)
+        files = images_in_folder(calib_dir, option="--calib-dir")
     else:
         files, where = _checkpoint_train_images(ckpt or {})
         if not files:
@@ -57,9 +50,7 @@ def calibration_images(*, calib_dir: str | Path | None, ckpt: dict[str, Any] | N
                 "INT8 calibration needs images and the checkpoint's training data "
                 f"{'(' + where + ') ' if where else ''}is not available; pass --calib-dir FOLDER"
             )
-    if len(files) > count:
-        files = sorted(random.Random(seed).sample(list(files), count))
-    return [Path(f) for f in files]
+    return sample_files(files, count, seed=seed)
 
 
 def _checkpoint_train_images(ckpt: dict[str, Any]) -> tuple[list[Path], str]:

@@ -51,27 +51,19 @@ class ParityImages:
 def parity_images(*, spec: ModelSpec, ckpt: dict[str, Any] | None, val_dir: str | Path | None,
                   count: int = 256, seed: int = 0) -> ParityImages:
     """The images every artifact is compared on (a fixed sample, so reruns compare the same)."""
-    import random
-
-    from tl.runtime.images import list_images, preprocess
+    from tl.runtime.images import images_in_folder, preprocess, sample_files
 
     if count < 1:
         raise TLError(f"--parity-count must be at least 1 (got {count})")
     if val_dir is not None:
-        root = Path(val_dir)
-        if not root.is_dir():
-            raise TLError(f"--val-dir: folder not found: {root}")
-        files = list_images(root)
-        if not files:
-            raise TLError(f"--val-dir: no images under {root}; point it at a folder of images")
-        source = f"val-dir {root}"
+        files = images_in_folder(val_dir, option="--val-dir")
+        source = f"val-dir {Path(val_dir)}"
     else:
         data = (ckpt or {}).get("data") or {}
         files = [Path(f) for f in data.get("val_files") or [] if Path(f).is_file()]
         source = "checkpoint val_files"
     if files:
-        if len(files) > count:
-            files = sorted(random.Random(seed).sample(list(files), count))
+        files = sample_files(files, count, seed=seed)
         return ParityImages(preprocess(files, spec), source, tuple(str(f) for f in files))
     return ParityImages(synthetic_batch(spec, min(count, SYNTH_COUNT), seed=seed), "synthetic")
 

@@ -42,6 +42,27 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
 
 
+def images_in_folder(root: str | os.PathLike, *, option: str) -> list[Path]:
+    """Images under a folder a user named with ``option`` (e.g. --calib-dir); none is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TLError(f"{option}: folder not found: {root}")
+    files = list_images(root)
+    if not files:
+        raise TLError(f"{option}: no images under {root} (jpg, png, ...); point it at a folder of images")
+    return files
+
+
+def sample_files(files: Sequence[str | os.PathLike], count: int, *, seed: int = 0) -> list[Path]:
+    """At most ``count`` files, a fixed-seed sample in sorted order, so reruns use the same ones."""
+    import random
+
+    files = [Path(f) for f in files]
+    if len(files) > count:
+        files = sorted(random.Random(seed).sample(files, count))
+    return files
+
+
 def _max_pixels() -> int | None:
     env = os.environ.get("TL_MAX_IMAGE_PIXELS")
     if env:
