@@ -26,6 +26,9 @@ BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile", "ort", "trt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+COMPUTE_MS_MEANING = ("device time of one inference call with the input already on the GPU: CUDA events around each "
+                      "call, calls enqueued back to back after warm-up (torch and TensorRT rows; empty for ONNX "
+                      "Runtime, which exposes no events, and where the batch exceeds an engine's max batch)")
 AGREEMENT_CHUNK = 8  # images per call when checking agreement (padded, so compile sees one shape)
 
 
@@ -369,8 +372,9 @@ def _make_runners(o: BenchOptions, targets: Targets, wanted: list[str] | None, d
                                              reason=f"no ONNX Runtime provider for {device}: install {need}",
                                              artifact=a.path.name))
             for p in providers:
-                runners.append(ClassifierRunner(path=a.path, backend="ort", device=device, provider=p,
-                                                threads=o.threads, expected_spec=spec))
+                runners.append(ClassifierRunner(path=a.path, backend="ort", provider=p, threads=o.threads,
+                                                device="cpu" if p == "CPUExecutionProvider" else device,
+                                                expected_spec=spec))
         if explicit and not onnx:
             raise TLError("--backends ort needs an export folder (or .onnx file) TARGET; make one with 'tl export'")
     if "trt" in wanted:
@@ -378,6 +382,12 @@ def _make_runners(o: BenchOptions, targets: Targets, wanted: list[str] | None, d
         for a in engines:
             runners.append(ClassifierRunner(path=a.path, backend="trt", device=device, build_s=a.build_s,
                                             expected_spec=spec))
+        if not engines and arts and device == "cuda":
+            from tl.runtime.env import tensorrt_version
+
+            why = ("TensorRT is not installed (pip install 'tl[gpu]')" if tensorrt_version() is None
+                   else "the export holds no TensorRT engine (tl export --trt)")
+            runners.append(SkippedRunner(backend="trt", precision="fp16", device=device, reason=why))
         if explicit and not engines and wanted == ["trt"]:
             raise TLError("--backends trt needs an export folder with a TensorRT engine; build one with 'tl export --trt' on a GPU")
     if not runners:
@@ -450,7 +460,7 @@ def run(options: BenchOptions) -> BenchResult:
             "images": {"source": source, "count": int(len(x)), "labelled": labels is not None},
             "timing": {"warmup": o.warmup, "seconds": None if o.iters else o.seconds, "iters": o.iters,
                        "percentiles": "nearest-rank", "latency": "host input -> host output",
-                       "compute_ms": "device-resident compute (CUDA events), where the backend allows"},
+                       "compute_ms": COMPUTE_MS_MEANING},
             "batch_sizes": sizes,
         })
 
@@ -487,7 +497,9 @@ def run(options: BenchOptions) -> BenchResult:
                         xb = _batch_of(x, b)
                         timing = measure(lambda: runner.infer(xb), batch=b, options=timing_opts, sync=runner.sync)
                         _fill(row, timing)
-                        compute = runner.device_compute_ms(xb, iters=max(10, min(len(timing.samples_ms), 200)))
+                        compute = None
+                        if runner.max_batch is None or b <= runner.max_batch:  # device time is per engine call
+                            compute = runner.device_compute_ms(xb, iters=max(10, min(len(timing.samples_ms), 200)))
                         if compute:
                             from tl.benchmarks.timing import Stats
 

@@ -73,7 +73,7 @@ EOF
 cat "$OUT/environment.txt"
 
 missing=$("$PY" -c "
-import importlib
+import importlib.util
 need = ['torch', 'torchvision', 'onnx', 'onnxscript', 'onnxruntime', 'click', 'rich', 'numpy', 'PIL', 'matplotlib']
 print(' '.join(m for m in need if importlib.util.find_spec(m) is None))")
 if [[ -n "$missing" ]]; then
@@ -103,10 +103,15 @@ fi
 
 TRT_FLAG=()
 if "$PY" -c "import tensorrt" >/dev/null 2>&1 && [[ "$DEVICE" == cuda ]]; then
+    # The tensorrt wheels do not depend on cuda-python, but tl's TensorRT runtime does.
+    if ! "$PY" -c "import importlib.util as u, sys; sys.exit(0 if (u.find_spec('cuda') and (u.find_spec('cuda.bindings') or u.find_spec('cuda.cudart'))) else 1)" 2>/dev/null; then
+        echo "error: tensorrt imports but cuda-python does not; install the cuda-python whose CUDA major matches TensorRT's (pip install 'tl[gpu-cu12]' or 'tl[gpu-cu13]')" | tee -a "$SUMMARY" >&2
+        exit 1
+    fi
     TRT_FLAG=(--trt)
     echo "tensorrt: $("$PY" -c 'import tensorrt; print(tensorrt.__version__)') -> TensorRT engines will be built" | tee -a "$SUMMARY"
 else
-    echo "tensorrt: not importable -> no engines (trt rows absent)" | tee -a "$SUMMARY"
+    echo "tensorrt: not importable -> no engines (trt rows say skipped)" | tee -a "$SUMMARY"
 fi
 
 # -- the path ---------------------------------------------------------------------------------
@@ -114,10 +119,11 @@ cd "$OUT"
 step data "${TL[@]}" data synth "$OUT/data" --classes 4 --per-class 40 --size "$SIZE"
 step train "${TL[@]}" train "$OUT/data" --out "$OUT/run" --arch "$ARCH" --weights none --image-size "$SIZE" \
     --epochs 1 --batch-size 32 --device "$DEVICE" --amp --workers 2 --no-progress
+step resume "${TL[@]}" train --resume "$OUT/run/last.pt" --epochs 2 --no-progress
 step export "${TL[@]}" export "$OUT/run" --out "$OUT/export" --onnx --fp16 --int8 "${TRT_FLAG[@]}" \
     --max-batch "$MAXB" --opt-batch "$OPTB" --calib-dir "$OUT/data/train" --calib-count 32 --parity-count 64
 step bench "${TL[@]}" bench "$OUT/run" "$OUT/export" --device "$DEVICE" --batch-sizes "$BATCHES" \
-    --warmup 5 --seconds "$SECONDS_PER_CELL" --val-dir "$OUT/data/val" --out "$OUT/bench" \
+    --warmup 2 --seconds "$SECONDS_PER_CELL" --val-dir "$OUT/data/val" --out "$OUT/bench" \
     ${BACKENDS:+--backends "$BACKENDS"}
 
 echo "total: $(( $(date +%s) - T0 )) s" | tee -a "$SUMMARY"

@@ -167,7 +167,9 @@ def _caption(result: "BenchResult") -> str:
     img = env.get("images", {})
     return (f"latency host->host, nearest-rank percentiles; warm-up {t.get('warmup')}, {budget} per cell; "
             f"img/s = batch / p50 latency; speedup = img/s vs eager fp32 at the same batch; agreement = top-1 vs eager fp32 on "
-            f"{img.get('count')} images ({img.get('source')}); gpu ms = device-resident compute")
+            f"{img.get('count')} images ({img.get('source')}); latency includes host<->device copies for every backend "
+            f"(TensorRT uses pinned host buffers, torch and ONNX Runtime pageable memory); gpu ms = "
+            f"{t.get('compute_ms') or 'device compute'}")
 
 
 # -- files ----------------------------------------------------------------------------------------

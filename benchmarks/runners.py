@@ -120,8 +120,8 @@ class TorchRunner(Runner):
 
     def load(self) -> None:
         torch = self._torch
-        if self.device == "cuda" and self.precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise SkipCell("this GPU has no bfloat16 support")
+        if self.device == "cuda" and self.precision == "bf16" and not native_bf16(torch):
+            raise SkipCell("this GPU has no native bfloat16 (T4/V100 only emulate it)")
         self.model.to(self.device).eval()
         if self.backend == "compile":
             if not hasattr(torch, "compile"):
@@ -281,8 +281,18 @@ def spec_mismatch(a: Any, b: Any) -> str | None:
     return None
 
 
+def native_bf16(torch) -> bool:
+    """bf16 that the GPU runs natively; ``is_bf16_supported()`` alone also counts emulation."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation and counts only native support
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def available_ort_providers(device: str) -> list[str]:
-    """The ONNX Runtime providers a bench on ``device`` uses: CPU on cpu, CUDA on cuda.
+    """The ONNX Runtime provider a bench on ``device`` uses: CPU on cpu; CUDA on cuda where
+    onnxruntime-gpu is installed, else CPU (the rows say so), so a GPU box with the CPU
+    package still shows how ONNX Runtime does there.
 
     TensorRT through ORT is left out: tl's own engines (``trt`` rows) cover TensorRT, and
     building inside ORT would add minutes to every run.
@@ -292,8 +302,10 @@ def available_ort_providers(device: str) -> list[str]:
     except ImportError:
         return []
     available = ort.get_available_providers()
-    wanted = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    return [wanted] if wanted in available else []
+    for wanted in (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]:
+        if wanted in available:
+            return [wanted]
+    return []
 
 
 def model_size_mb(model: Any) -> float:

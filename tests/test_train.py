@@ -231,3 +231,21 @@ def test_val_split_option_on_flat_folder(tl_cli, synth_data, tmp_path):
     assert ck["data"]["val_split"] == 0.25 and ck["data"]["seed"] == 3 and ck["data"]["val_dir"] is None
     assert len(ck["data"]["val_files"]) == 4 * round(18 * 0.25)
     assert np.isfinite(r.best_val_loss)
+
+
+def test_resume_across_amp_dtypes_restores_or_drops_the_loss_scale():
+    """bf16/CPU runs save a disabled GradScaler's empty state; an fp16 resume must not choke on it."""
+    from tl.train.loop import restore_scaler
+
+    fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    with pytest.raises(RuntimeError):  # what resume used to call
+        fp16.load_state_dict({})
+    restore_scaler(fp16, {})  # bf16 run resumed with fp16: fresh scaler
+    assert fp16.get_scale() == 1024.0
+    saved = torch.amp.GradScaler("cpu", enabled=True, init_scale=64.0)
+    state = saved.state_dict()
+    restore_scaler(fp16, state)  # fp16 -> fp16: the loss scale carries over
+    assert fp16.get_scale() == 64.0
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    restore_scaler(off, state)  # fp16 run resumed in bf16 / without AMP: nothing to restore
+    assert not off.is_enabled()

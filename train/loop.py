@@ -170,6 +170,17 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
+def restore_scaler(scaler, state: dict) -> None:
+    """Resume across AMP dtypes: a bf16 (or CPU) run saves a disabled GradScaler's empty state.
+
+    An fp16 run resumed where bf16 is used (or AMP is off) drops the saved loss scale; a
+    bf16 run resumed on an fp16 GPU starts a fresh scaler, which finds its scale within a
+    few steps. ``GradScaler.load_state_dict({})`` would raise on an enabled scaler.
+    """
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
 # -- seeding ------------------------------------------------------------------------------
 
 
@@ -362,7 +373,7 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
         model.load_state_dict(resume_ckpt["state_dict"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
-        scaler.load_state_dict(resume_ckpt["scaler"])
+        restore_scaler(scaler, resume_ckpt.get("scaler") or {})
         set_rng_state(resume_ckpt.get("rng") or {})
         run.epoch = int(resume_ckpt["epoch"])
         run.best_acc = float(resume_ckpt["best_metric"]["val_acc"])

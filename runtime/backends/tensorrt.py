@@ -209,25 +209,29 @@ class TensorRTBackend:
         return self.out.host[:count].reshape(out_shape).astype(np.float32)  # copy: the pinned buffer is reused
 
     def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
-        """execute_async_v3 timed with CUDA events on our stream; the input is uploaded once."""
+        """Device time of each execute_async_v3, enqueued back to back after a warm-up.
+
+        The same definition as the torch rows (tl.benchmarks.timing.cuda_event_timer):
+        CUDA events around each call on one stream, no host sync between calls, input
+        already on the device.
+        """
         cudart = self.cudart
         self._set_batch(batch)
         self._upload(batch)
         self._execute()  # warm-up
-        start = cuda_call(cudart, cudart.cudaEventCreate())
-        end = cuda_call(cudart, cudart.cudaEventCreate())
-        times = []
+        n = int(iters)
+        events = [cuda_call(cudart, cudart.cudaEventCreate()) for _ in range(2 * n)]
         try:
-            for _ in range(int(iters)):
-                cuda_call(cudart, cudart.cudaEventRecord(start, self.stream))
+            for i in range(n):
+                cuda_call(cudart, cudart.cudaEventRecord(events[2 * i], self.stream))
                 self._execute()
-                cuda_call(cudart, cudart.cudaEventRecord(end, self.stream))
-                cuda_call(cudart, cudart.cudaEventSynchronize(end))
-                times.append(float(cuda_call(cudart, cudart.cudaEventElapsedTime(start, end))))
+                cuda_call(cudart, cudart.cudaEventRecord(events[2 * i + 1], self.stream))
+            cuda_call(cudart, cudart.cudaStreamSynchronize(self.stream))
+            return [float(cuda_call(cudart, cudart.cudaEventElapsedTime(events[2 * i], events[2 * i + 1])))
+                    for i in range(n)]
         finally:
-            cudart.cudaEventDestroy(start)
-            cudart.cudaEventDestroy(end)
-        return times
+            for e in events:
+                cudart.cudaEventDestroy(e)
 
     def close(self) -> None:
         for buf in self._buffers:
