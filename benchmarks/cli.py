@@ -1,10 +1,18 @@
-"""`tl bench`: thin click layer over tl.benchmarks.run (click only at import time)."""
+"""`tl bench`: thin click layer over tl.benchmarks.run (click only at import time).
+
+Defaults and choices come from ``tl.benchmarks.options``; the terminal table is rendered
+here and fits 100 columns (bench.json/csv/md keep every column).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-BACKEND_NAMES = ("eager", "eager-fp16", "eager-bf16", "compile", "ort", "trt")
+from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BenchOptions) if f.default is not dataclasses.MISSING}
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -14,24 +22,25 @@ def _int_list(text: str, what: str) -> list[int]:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise TLError(f"{what} must be comma-separated positive integers like 1,8,32 (got {text!r})") from None
-    if not values or any(v < 1 for v in values):
-        raise TLError(f"{what} must be comma-separated positive integers like 1,8,32 (got {text!r})")
     return values
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default=_DEFAULTS["device"], show_default=True, type=click.Choice(DEVICES),
               help="Where PyTorch and ONNX Runtime run (auto: cuda if torch sees a GPU).")
 @click.option("--backends", default=None, metavar="LIST",
-              help=f"Comma-separated subset of {','.join(BACKEND_NAMES)} (default: everything that runs on the device).")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, metavar="LIST", help="Batch sizes to time.")
-@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed calls per cell after the first call.")
-@click.option("--seconds", default=3.0, show_default=True, type=float, help="Time budget of timed calls per cell.")
+              help=f"Comma-separated subset of {','.join(BACKENDS)} (default: everything that runs on the device).")
+@click.option("--batch-sizes", default=",".join(map(str, _DEFAULTS["batch_sizes"])), show_default=True, metavar="LIST",
+              help="Batch sizes to time.")
+@click.option("--warmup", default=_DEFAULTS["warmup"], show_default=True, type=int,
+              help="Untimed calls per cell after the first call.")
+@click.option("--seconds", default=_DEFAULTS["seconds"], show_default=True, type=float,
+              help="Time budget of timed calls per cell.")
 @click.option("--iters", default=None, type=int, help="Timed calls per cell (overrides --seconds).")
 @click.option("--val-dir", default=None, type=click.Path(path_type=str),
               help="Labelled images (one folder per class): benchmark images and an accuracy column.")
-@click.option("--images", default=64, show_default=True, type=int,
+@click.option("--images", default=_DEFAULTS["images"], show_default=True, type=int,
               help="Benchmark images for the agreement check (without --val-dir).")
 @click.option("--threads", default=None, type=int, help="CPU threads for torch and ONNX Runtime (default: their own).")
 @click.option("--out", default=None, type=click.Path(path_type=str),
@@ -50,17 +59,54 @@ def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_di
     import time
     from pathlib import Path
 
-    from tl.benchmarks import BenchOptions, run
-    from tl.benchmarks.report import render_table
+    from tl.benchmarks.matrix import run
+    from tl.console import RichReporter, print_table
 
-    sizes = _int_list(batch_sizes, "--batch-sizes")
-    chosen = None if backends is None else [b.strip() for b in backends.split(",") if b.strip()]
     out_dir = Path(out) if out else Path("bench") / time.strftime("%Y%m%d-%H%M%S")
-    result = run(BenchOptions(
-        targets=list(targets), device=device, backends=chosen, batch_sizes=sizes, warmup=warmup,
-        seconds=seconds, iters=iters, val_dir=val_dir, out=out_dir, threads=threads, images=images,
-    ))
-    render_table(result)
+    options = BenchOptions(
+        targets=list(targets), device=device, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+        backends=None if backends is None else backends.split(","), warmup=warmup, seconds=seconds, iters=iters,
+        val_dir=val_dir, out=out_dir, threads=threads, images=images,
+    )
+    with RichReporter() as reporter:
+        result = run(options, reporter=reporter)
+    print_table(bench_table(result))
     failed = [r for r in result.rows if r.status == "failed"]
     click.echo(f"wrote {', '.join(p.name for p in result.files.values())} to {out_dir}"
                + (f" ({len(failed)} failed cell{'s' if len(failed) != 1 else ''}: see the status column)" if failed else ""))
+
+
+# backend, precision, provider, batch, p50, p99, img/s, speedup, agreement, status
+TABLE_WIDTH = 100
+STATUS_WIDTH = 22
+
+
+def bench_table(result):
+    """The terminal table: the ten columns that decide what to ship, in 100 columns (the files hold the rest)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tl.benchmarks.report import fmt, pct, provider, times
+
+    env = result.environment
+    title = (f"tl bench · {env.get('arch')} {'x'.join(map(str, env.get('image_size') or []))} · "
+             f"{env.get('gpu') or env.get('cpu')} · {env.get('device')}")
+    img = env.get("images", {})
+    caption = (f"p50/p99: latency host->host; img/s = batch / p50; speedup: img/s vs eager fp32 at the same batch; "
+               f"agree: top-1 vs eager fp32 on {img.get('count')} images ({img.get('source')}); "
+               "every column (mean, p90, first call, size, build, gpu ms) is in bench.md/json/csv")
+    table = Table(title=title, caption=caption, header_style="bold", width=TABLE_WIDTH, pad_edge=False,
+                  box=None, show_edge=False)
+    for name, right in (("backend", False), ("prec", False), ("prov", False), ("batch", True), ("p50 ms", True),
+                        ("p99 ms", True), ("img/s", True), ("speedup", True), ("agree", True), ("status", False)):
+        table.add_column(name, justify="right" if right else "left", no_wrap=name != "status",
+                         overflow="fold", max_width=STATUS_WIDTH if name == "status" else None)
+    for r in result.rows:
+        style = None if r.status == "ok" else ("yellow" if r.status == "skipped" else "red")
+        speedup = times(r.speedup)
+        if r.status == "ok" and r.speedup is not None and r.speedup >= 1.5:
+            speedup = f"[green]{speedup}[/]"
+        status = r.status if r.status == "ok" else escape(f"{r.status}: {r.error or ''}")
+        table.add_row(r.backend, r.precision, provider(r), str(r.batch), fmt(r.p50_ms), fmt(r.p99_ms),
+                      fmt(r.throughput, 1), speedup, pct(r.agreement), status, style=style)
+    return table

@@ -1,4 +1,4 @@
-"""Bench reports: the terminal table, bench.json/csv/md and bench.png, plus the environment.
+"""Bench reports: bench.json/csv/md and bench.png, the cell formatting they share, and the machine.
 
 Numbers without the machine they came from are useless, so every report carries the CPU,
 GPU, driver and library versions. Files are written atomically.
@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from tl.runtime.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
-    from tl.benchmarks import BenchResult, BenchRow
+    from tl.benchmarks.matrix import BenchResult, BenchRow
 
-ISSUE_FIELDS = (
+# The columns every bench.json row and bench.csv line must have (BenchRow may add more).
+REQUIRED_FIELDS = (
     "backend", "precision", "provider", "device", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms",
     "max_ms", "first_ms", "throughput", "speedup", "agreement", "accuracy", "size_mb", "build_s", "status", "error",
 )
@@ -48,9 +49,10 @@ def _physical_cores() -> int | None:
         return None
 
 
-def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
+def bench_environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
     """Machine and library facts for bench.json (versions by package metadata: no heavy imports)."""
-    from tl.runtime.env import cpu_info, gpu_info, package_version
+    from tl.runtime.env import cpu_info
+    from tl.runtime.gpu import nvidia_smi, package_version, tensorrt_version
 
     env: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -69,7 +71,7 @@ def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
         "torchvision": package_version("torchvision"),
         "onnx": package_version("onnx"),
         "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
-        "tensorrt": package_version("tensorrt") or package_version("tensorrt-cu12") or package_version("tensorrt_lean"),
+        "tensorrt": tensorrt_version(),
         "numpy": package_version("numpy"),
         "tl": package_version("tl"),
     }
@@ -84,7 +86,7 @@ def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
             cap = torch.cuda.get_device_capability(i)
             env["gpu_compute_capability"] = f"{cap[0]}.{cap[1]}"
             env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(i).total_memory / 1e9, 1)
-            smi = gpu_info()
+            smi = nvidia_smi()
             env["gpu_driver"] = smi[0].get("driver_version") if smi else None
     except ImportError:
         pass
@@ -95,7 +97,7 @@ def environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
 # -- formatting ---------------------------------------------------------------------------------
 
 
-def _fmt(v: Any, nd: int = 2) -> str:
+def fmt(v: Any, nd: int = 2) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -107,15 +109,15 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def _x(v: float | None) -> str:
+def times(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def _provider(r: "BenchRow") -> str:
+def provider(r: "BenchRow") -> str:
     from tl.benchmarks.runners import ORT_PROVIDER_SHORT
 
     return ORT_PROVIDER_SHORT.get(r.provider, r.provider) if r.provider else "-"
@@ -129,38 +131,15 @@ def table_rows(rows: list["BenchRow"]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         status = r.status if r.status == "ok" else f"{r.status}: {r.error or ''}"
         body.append([
-            r.backend, r.precision, _provider(r), r.device, str(r.batch), _fmt(r.mean_ms), _fmt(r.p50_ms),
-            _fmt(r.p90_ms), _fmt(r.p99_ms), _fmt(r.min_ms), _fmt(r.max_ms), _fmt(r.first_ms),
-            _fmt(r.throughput, 1), _x(r.speedup), _pct(r.agreement), _pct(r.accuracy), _fmt(r.size_mb, 1),
-            _fmt(r.build_s), _fmt(r.compute_ms), status,
+            r.backend, r.precision, provider(r), r.device, str(r.batch), fmt(r.mean_ms), fmt(r.p50_ms),
+            fmt(r.p90_ms), fmt(r.p99_ms), fmt(r.min_ms), fmt(r.max_ms), fmt(r.first_ms),
+            fmt(r.throughput, 1), times(r.speedup), pct(r.agreement), pct(r.accuracy), fmt(r.size_mb, 1),
+            fmt(r.build_s), fmt(r.compute_ms), status,
         ])
     return header, body
 
 
-def render_table(result: "BenchResult", console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    if console is None:
-        console = Console(width=None if sys.stdout.isatty() else 220)
-    env = result.environment
-    title = (f"tl bench · {env.get('arch')} {'x'.join(map(str, env.get('image_size') or []))} · "
-             f"{env.get('gpu') or env.get('cpu')} · {env.get('device')}")
-    table = Table(title=title, caption=_caption(result), header_style="bold", show_lines=False)
-    header, body = table_rows(result.rows)
-    numeric = set(range(4, 19))
-    for i, h in enumerate(header):
-        table.add_column(h, justify="right" if i in numeric else "left", overflow="fold",
-                         max_width=60 if h == "status" else None)
-    for r, cells in zip(result.rows, body):
-        style = None if r.status == "ok" else ("yellow" if r.status == "skipped" else "red")
-        if r.status == "ok" and r.speedup is not None and r.speedup >= 1.5:
-            cells[13] = f"[green]{cells[13]}[/]"
-        table.add_row(*cells, style=style)
-    console.print(table)
-
-
-def _caption(result: "BenchResult") -> str:
+def caption(result: "BenchResult") -> str:
     env = result.environment
     t = env.get("timing", {})
     budget = f"{t.get('iters')} iters" if t.get("iters") else f"{t.get('seconds')} s"
@@ -181,7 +160,7 @@ def write_json(result: "BenchResult", path: Path) -> Path:
 
 
 def write_csv(result: "BenchResult", path: Path) -> Path:
-    from tl.benchmarks import ROW_FIELDS
+    from tl.benchmarks.matrix import ROW_FIELDS
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
@@ -215,7 +194,7 @@ def write_md(result: "BenchResult", path: Path) -> Path:
     ]
     for cells in body:
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", _caption(result) + ".", "", "![bench](bench.png)", ""]
+    lines += ["", caption(result) + ".", "", "![bench](bench.png)", ""]
     atomic_write_text(path, "\n".join(lines))
     return path
 
@@ -244,7 +223,7 @@ def _series(rows: list["BenchRow"]) -> tuple[list[str], list[int], dict[str, dic
 def _plot_label(r: "BenchRow") -> str:
     lab = f"{r.backend.split('-')[0]} {r.precision}"
     if r.backend == "ort" and r.provider and r.provider != "CPUExecutionProvider":
-        lab += f" ({_provider(r)})"
+        lab += f" ({provider(r)})"
     return lab
 
 

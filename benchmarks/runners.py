@@ -9,18 +9,15 @@ here" (row status ``skipped``); any other exception means the cell failed.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tl.benchmarks.options import ARTIFACT_BACKENDS, TORCH_BACKENDS
+from tl.runtime.artifact import precision_from_name
 from tl.runtime.errors import TLError
-
-TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
-ARTIFACT_BACKENDS = ("ort", "trt")
-BACKENDS = TORCH_BACKENDS + ARTIFACT_BACKENDS
 
 ORT_PROVIDER_SHORT = {
     "CPUExecutionProvider": "cpu",
@@ -41,15 +38,6 @@ def short_error(e: BaseException, limit: int = 240) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     msg = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
-
-
-def precision_from_name(path: str | Path) -> str:
-    name = Path(path).name.lower()
-    if ".int8." in name:
-        return "int8"
-    if ".fp16." in name:
-        return "fp16"
-    return "fp32"
 
 
 class Runner:
@@ -177,19 +165,6 @@ class TorchRunner(Runner):
 # -- tl.runtime artifacts ------------------------------------------------------------------
 
 
-def _classifier_load(path: Path, *, backend: str, providers: list[str] | None, threads: int | None):
-    from tl.runtime import Classifier
-
-    kwargs: dict[str, Any] = {"backend": backend}
-    if providers is not None:
-        kwargs["providers"] = providers
-    if threads:
-        params = inspect.signature(Classifier.load).parameters
-        if "intra_op_threads" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            kwargs["intra_op_threads"] = threads
-    return Classifier.load(path, **kwargs)
-
-
 class ClassifierRunner(Runner):
     """An exported artifact through tl.runtime.Classifier: exactly what `tl predict` runs."""
 
@@ -212,25 +187,21 @@ class ClassifierRunner(Runner):
     def load(self) -> None:
         if self.backend == "trt" and self.device != "cuda":
             raise SkipCell("TensorRT engines run only on a CUDA GPU (use --device cuda)")
+        from tl.runtime import Classifier
+
         t0 = time.perf_counter()
-        self.clf = _classifier_load(
-            self.path,
-            backend="onnxruntime" if self.backend == "ort" else "tensorrt",
-            providers=[self.provider] if self.backend == "ort" else None,
-            threads=self.threads,
-        )
+        self.clf = Classifier.load(self.path, backend="onnxruntime" if self.backend == "ort" else "tensorrt",
+                                   providers=[self.provider] if self.backend == "ort" else None,
+                                   intra_op_threads=self.threads)
         load_s = time.perf_counter() - t0
         # TensorRT: the engine build (from the sidecar/export.json) is the build time; ORT: session creation.
         self.build_s = self._engine_build_s if self._engine_build_s is not None else load_s
-        self.precision = getattr(self.clf, "precision", self.precision) or self.precision
-        used = list(getattr(self.clf, "providers", []) or [])
-        if self.backend == "ort" and used:
-            if self.provider and used[0] != self.provider:
-                raise SkipCell(f"ONNX Runtime fell back to {used[0]} instead of {self.provider}")
-            self.provider = used[0]
-        elif self.backend == "trt" and used:
-            self.provider = used[0]
-        self.max_batch = getattr(self.clf, "max_batch", None)
+        self.precision = self.clf.precision
+        used = self.clf.providers
+        if self.backend == "ort" and self.provider and used[0] != self.provider:
+            raise SkipCell(f"ONNX Runtime fell back to {used[0]} instead of {self.provider}")
+        self.provider = used[0]
+        self.max_batch = self.clf.max_batch
         if self.expected_spec is not None:
             why = spec_mismatch(self.expected_spec, self.clf.spec)
             if why:
@@ -240,21 +211,12 @@ class ClassifierRunner(Runner):
         return np.asarray(self.clf.predict_logits(batch), dtype=np.float32)
 
     def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
-        if self.device != "cuda":
-            return None
-        for obj in (self.clf, getattr(self.clf, "backend", None)):
-            fn = getattr(obj, "device_compute_ms", None)
-            if callable(fn):
-                return fn(batch, iters)
-        return None
+        return self.clf.device_compute_ms(batch, iters) if self.device == "cuda" else None
 
     def close(self) -> None:
-        for obj in (self.clf, getattr(self.clf, "backend", None)):
-            fn = getattr(obj, "close", None)
-            if callable(fn):
-                with contextlib.suppress(Exception):
-                    fn()
-                break
+        if self.clf is not None:
+            with contextlib.suppress(Exception):
+                self.clf.close()
         self.clf = None
 
 

@@ -27,7 +27,7 @@ class TimingOptions:
     min_iters: int = 3
     max_iters: int = 100_000
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         from tl.runtime.errors import TLError
 
         if self.warmup < 0:

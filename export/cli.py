@@ -1,46 +1,82 @@
-"""`tl export`: click only at top level; torch/onnx load inside the command."""
+"""`tl export`: click only at top level; torch/onnx load inside the command.
+
+Defaults and choices come from ``tl.export.options``; the parity table is rendered here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
+
+from tl.export.options import CALIB_METHODS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportOptions
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExportOptions) if f.default is not dataclasses.MISSING}
+
+
+def _opt(name: str, *decls: str, **kwargs):
+    """A click option whose default is ExportOptions' (defined once, there)."""
+    flag = "--" + name.replace("_", "-")
+    kwargs.setdefault("default", _DEFAULTS[name])
+    kwargs.setdefault("show_default", kwargs["default"] is not None)
+    return click.option(flag, *decls, name, **kwargs)
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Output folder (default: exports/<run name>).")
-@click.option("--onnx", is_flag=True, help="model.onnx: FP32, dynamic batch (always written; the others derive from it).")
-@click.option("--fp16", is_flag=True, help="model.fp16.onnx: float16 weights/compute, float32 I/O.")
-@click.option("--int8", is_flag=True, help="model.int8.onnx: QDQ, symmetric INT8, per-channel weights (+ model.int8.plan with --trt).")
-@click.option("--trt", is_flag=True, help="TensorRT engine model.fp16.plan (+ sidecar); implies --fp16.")
-@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (at least 17).")
-@click.option("--max-batch", type=int, default=32, show_default=True, help="Largest batch (ONNX dynamic dim bound, TensorRT profile max).")
-@click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile min batch.")
-@click.option("--opt-batch", type=int, default=8, show_default=True, help="TensorRT profile batch to tune for.")
-@click.option("--calib-dir", type=click.Path(path_type=str), default=None,
-              help="INT8 calibration images (default: the checkpoint's training images).")
-@click.option("--calib-count", type=int, default=256, show_default=True, help="Number of calibration images.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--val-dir", type=click.Path(path_type=str), default=None,
-              help="Images for the parity check (default: the run's validation images, else synthetic).")
-@click.option("--parity-count", type=int, default=256, show_default=True, help="At most this many parity images.")
-@click.option("--workspace", type=float, default=4.0, show_default=True, help="TensorRT builder workspace, GiB.")
-@click.option("--opt-level", type=int, default=None, help="TensorRT builder optimization level 0-5 (default: TensorRT's).")
-@click.option("--device", type=int, default=0, show_default=True, help="CUDA device for TensorRT.")
-def export(checkpoint, out, onnx, fp16, int8, trt, opset, max_batch, min_batch, opt_batch, calib_dir, calib_count,
-           calib_method, val_dir, parity_count, workspace, opt_level, device):
+@_opt("out", "-o", type=click.Path(file_okay=False, path_type=str), help="Output folder [default: exports/<run name>].")
+@_opt("onnx", is_flag=True, help="Keep model.onnx (FP32, dynamic batch); the default when no format is named.")
+@_opt("fp16", is_flag=True, help="model.fp16.onnx: float16 weights/compute, float32 I/O.")
+@_opt("int8", is_flag=True, help="model.int8.onnx: QDQ, symmetric INT8, per-channel weights (+ model.int8.plan with --trt).")
+@_opt("trt", is_flag=True, help="TensorRT engine model.fp16.plan (+ sidecar); implies --fp16.")
+@_opt("opset", type=click.IntRange(MIN_OPSET, MAX_OPSET),
+      help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (17 for TensorRT 8.6; default {DEFAULT_OPSET}).")
+@_opt("max_batch", type=int, help="Largest batch (ONNX dynamic dim bound, TensorRT profile max).")
+@_opt("min_batch", type=int, help="TensorRT profile min batch.")
+@_opt("opt_batch", type=int, help="TensorRT profile batch to tune for.")
+@_opt("calib_dir", type=click.Path(path_type=str), help="INT8 calibration images (default: the checkpoint's training images).")
+@_opt("calib_count", type=int, help="Number of calibration images.")
+@_opt("calib_method", type=click.Choice(CALIB_METHODS))
+@_opt("val_dir", type=click.Path(path_type=str),
+      help="Images for the parity check (default: the run's validation images, else synthetic).")
+@_opt("parity_count", type=int, help="At most this many parity images.")
+@_opt("workspace", type=float, help="TensorRT builder workspace, GiB.")
+@_opt("opt_level", type=int, help="TensorRT builder optimization level 0-5 (default: TensorRT's).")
+@_opt("device", type=int, help="CUDA device for TensorRT.")
+def export(checkpoint, **kwargs):
     """Export CHECKPOINT (best.pt or a run folder) to ONNX / TensorRT and check each artifact against PyTorch.
 
     \b
       tl export runs/x/best.pt --onnx --trt           # model.onnx, model.fp16.onnx, model.fp16.plan
-      tl export runs/x --int8 --calib-dir data/train  # + model.int8.onnx
+      tl export runs/x --int8 --calib-dir data/train  # model.int8.onnx only
     """
-    from tl.export import ExportOptions, export as run_export
+    from tl.console import RichReporter, print_table
+    from tl.export.pipeline import export as run_export
 
-    result = run_export(ExportOptions(
-        checkpoint=checkpoint, out=out, onnx=True, fp16=fp16, int8=int8, trt=trt, opset=opset,
-        max_batch=max_batch, min_batch=min_batch, opt_batch=opt_batch, calib_dir=calib_dir,
-        calib_count=calib_count, calib_method=calib_method, val_dir=val_dir, parity_count=parity_count,
-        workspace=workspace, opt_level=opt_level, device=device,
-    ))
+    options = ExportOptions(checkpoint=checkpoint, **kwargs)
+    with RichReporter() as reporter:
+        result = run_export(options, reporter=reporter)
+    print_table(parity_table(result))
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"wrote {', '.join(a.file for a in result.artifacts)} and export.json to {result.out}")
+
+
+def parity_table(result):
+    """The export's parity report as a rich Table (the CLI and the demo print it)."""
+    from rich.table import Table
+
+    table = Table(title=f"parity vs eager PyTorch FP32 on {result.images} images ({result.image_source})")
+    for col, justify in (("file", "left"), ("precision", "left"), ("backend", "left"), ("size MB", "right"),
+                         ("time s", "right"), ("max |diff|", "right"), ("mean |diff|", "right"),
+                         ("top-1 agree", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    colour = {"ok": "green", "warning": "yellow", "failed": "red", "skipped": "dim"}
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in result.artifacts:
+        table.add_row(
+            r.file, r.precision, f"{r.backend} ({r.provider.replace('ExecutionProvider', '')})", f"{r.size_mb:.1f}",
+            f"{r.seconds:.1f}", fmt(r.max_abs_diff, ".2e"), fmt(r.mean_abs_diff, ".2e"),
+            fmt(r.top1_agreement, ".1%"), f"[{colour.get(r.status, 'white')}]{r.status}[/]",
+        )
+    return table

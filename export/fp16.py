@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tl.export.onnx import MAX_BATCH_KEY, read_metadata, save_model, set_metadata
-from tl.runtime.errors import TLError
-from tl.runtime.spec import METADATA_KEY, ModelSpec
+from tl.export.onnx import read_spec_and_metadata, save_model, set_metadata
+from tl.runtime.artifact import MAX_BATCH_KEY
 
 # Kept in float32: numerically touchy ops; none occur in the supported CNNs, listed for safety.
 FP32_OPS = ["Softmax", "LogSoftmax", "ReduceMean", "Resize", "RandomNormalLike", "RandomUniformLike"]
@@ -24,10 +23,7 @@ def convert_fp16(src: str | Path, path: str | Path) -> Path:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     proto = onnx.load(str(src))
-    meta = read_metadata(proto)
-    if METADATA_KEY not in meta:
-        raise TLError(f"{src}: no tl.spec in the ONNX metadata; export it with 'tl export --onnx'")
-    spec = ModelSpec.from_json(meta[METADATA_KEY])
+    spec, meta = read_spec_and_metadata(proto, src)
     half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP32_OPS, disable_shape_infer=False)
     # The converter appends the input Cast nodes at the end of the graph; onnx.checker
     # (and TensorRT's parser) require topological order.

@@ -16,10 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tl.export.options import CALIB_METHODS
 from tl.runtime.errors import TLError
-from tl.runtime.spec import METADATA_KEY, ModelSpec
+from tl.runtime.progress import SILENT, Reporter
+from tl.runtime.spec import ModelSpec
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_BATCH = 8
 
 
@@ -76,11 +77,11 @@ def _checkpoint_train_images(ckpt: dict[str, Any]) -> tuple[list[Path], str]:
 class ImageCalibrationReader:
     """onnxruntime CalibrationDataReader over image files, through the runtime's one pipeline."""
 
-    def __init__(self, files: Sequence[Path], spec: ModelSpec, *, batch_size: int = CALIB_BATCH, progress=None, task=None):
+    def __init__(self, files: Sequence[Path], spec: ModelSpec, *, batch_size: int = CALIB_BATCH, task=None):
         self.files = list(files)
         self.spec = spec
         self.batch_size = batch_size
-        self.progress, self.task = progress, task
+        self.task = task
         self._pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -91,8 +92,8 @@ class ImageCalibrationReader:
         chunk = self.files[self._pos : self._pos + self.batch_size]
         self._pos += len(chunk)
         batch = preprocess(chunk, self.spec)
-        if self.progress is not None:
-            self.progress.advance(self.task, len(chunk))
+        if self.task is not None:
+            self.task.advance(len(chunk))
         return {self.spec.input.name: batch}
 
     def rewind(self) -> None:
@@ -103,20 +104,19 @@ class ImageCalibrationReader:
 
 
 def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], options: CalibOptions = CalibOptions(),
-                  progress=None) -> dict[str, Any]:
+                  reporter: Reporter = SILENT) -> dict[str, Any]:
     """FP32 ONNX ``src`` -> QDQ INT8 ``path``; returns timings {"preprocess_s", "calibrate_s", "images"}."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tl.export.onnx import MAX_BATCH_KEY, read_metadata, save_model, set_metadata
+    from tl.export.onnx import save_model, set_metadata
+    from tl.runtime.artifact import MAX_BATCH_KEY, onnx_metadata, spec_from_metadata
 
     if options.method not in CALIB_METHODS:
         raise TLError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {options.method!r})")
-    meta = read_metadata(src)
-    if METADATA_KEY not in meta:
-        raise TLError(f"{src}: no tl.spec in the ONNX metadata; export it with 'tl export --onnx'")
-    spec = ModelSpec.from_json(meta[METADATA_KEY])
+    meta = onnx_metadata(src)
+    spec = spec_from_metadata(meta, src)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.method]
 
@@ -130,8 +130,8 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
         # Shape inference + ORT graph optimization (BN folding etc.) before quantizing, as ORT recommends.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         t1 = time.perf_counter()
-        task = progress.add_task(f"calibrating INT8 ({options.method})", total=len(files)) if progress is not None else None
-        reader = _Reader(files, spec, batch_size=options.batch_size, progress=progress, task=task)
+        task = reporter.task(f"calibrating INT8 ({options.method})", total=len(files))
+        reader = _Reader(files, spec, batch_size=options.batch_size, task=task)
         extra = {
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
@@ -150,6 +150,7 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
             extra_options=extra,
         )
         t2 = time.perf_counter()
+        task.close()
         proto = onnx.load(str(out))
         set_metadata(proto, spec, "int8", meta.get(MAX_BATCH_KEY))
         proto.producer_name = "tl"

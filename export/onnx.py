@@ -1,7 +1,9 @@
-"""FP32 ONNX export with the dynamo exporter, the ModelSpec inside, batch left dynamic.
+"""FP32 ONNX export, the ModelSpec inside, batch left dynamic.
 
-The example input has batch 2, so a batch of 1 is never baked into a Reshape; the file is
-one self-contained protobuf (no external data below 2 GB), so copying it copies the model.
+Opset 18 and up through the dynamo exporter; opset 17 (the newest TensorRT 8.6 parses)
+through the TorchScript exporter, since dynamo cannot write anything older than 18. The
+example input has batch 2, so a batch of 1 is never baked into a Reshape; the file is one
+self-contained protobuf (no external data below 2 GB), so copying it copies the model.
 """
 
 from __future__ import annotations
@@ -9,22 +11,21 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from tl.export.options import TORCHSCRIPT_OPSETS
+from tl.runtime.artifact import MAX_BATCH_KEY, PRECISION_KEY, SPEC_KEY, spec_from_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_path
-from tl.runtime.spec import METADATA_KEY, ModelSpec
+from tl.runtime.spec import ModelSpec
 
-PRECISION_KEY = "tl.precision"
-MAX_BATCH_KEY = "tl.max_batch"  # the runtime sizes batches and TensorRT EP profiles from it
-MIN_OPSET = 17
 TWO_GB = 2**31
 
 
 def set_metadata(model_proto, spec: ModelSpec, precision: str, max_batch: int | str | None = None) -> None:
     """Put (or replace) tl.spec, tl.precision (and tl.max_batch) in metadata_props; other keys are kept."""
-    ours = (METADATA_KEY, PRECISION_KEY) + ((MAX_BATCH_KEY,) if max_batch is not None else ())
+    ours = (SPEC_KEY, PRECISION_KEY) + ((MAX_BATCH_KEY,) if max_batch is not None else ())
     keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in ours]
     del model_proto.metadata_props[:]
-    entries = [(METADATA_KEY, spec.to_json()), (PRECISION_KEY, precision)]
+    entries = [(SPEC_KEY, spec.to_json()), (PRECISION_KEY, precision)]
     if max_batch is not None:
         entries.append((MAX_BATCH_KEY, str(int(max_batch))))
     for k, v in keep + entries:
@@ -39,6 +40,12 @@ def read_metadata(path_or_proto) -> dict[str, str]:
     if not hasattr(proto, "metadata_props"):
         proto = onnx.load(str(path_or_proto), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_spec_and_metadata(proto, path: str | Path) -> tuple[ModelSpec, dict[str, str]]:
+    """The tl spec and all metadata of an in-memory ONNX model loaded from ``path``."""
+    meta = read_metadata(proto)
+    return spec_from_metadata(meta, path), meta
 
 
 def save_model(model_proto, path: str | Path, *, check: bool = True) -> Path:
@@ -65,23 +72,46 @@ def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, ma
     """Eager torch model -> ``path`` (FP32 ONNX, input "input", output "logits", dynamic batch)."""
     import torch
 
-    if opset < MIN_OPSET:
-        raise TLError(f"--opset must be at least {MIN_OPSET} (got {opset})")
     if max_batch < 2:
         raise TLError(f"--max-batch must be at least 2 (got {max_batch})")
     model = getattr(model, "_orig_mod", model).eval().to("cpu").float()
     example = torch.randn(2, spec.input.channels, spec.input.height, spec.input.width, generator=torch.Generator().manual_seed(0))
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset,
-            input_names=[spec.input.name], output_names=[spec.output.name],
-            dynamic_shapes=({0: batch},), external_data=False, optimize=True, verbose=False,
-        )
-    proto = program.model_proto
+        if opset in TORCHSCRIPT_OPSETS:
+            proto = _torchscript_export(model, example, spec, opset)
+        else:
+            proto = _dynamo_export(model, example, spec, opset, max_batch)
     if [i.name for i in proto.graph.input] != [spec.input.name] or [o.name for o in proto.graph.output] != [spec.output.name]:
         raise RuntimeError(f"exported graph has unexpected I/O names: {[i.name for i in proto.graph.input]} -> {[o.name for o in proto.graph.output]}")
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise RuntimeError(f"asked torch.onnx for opset {opset}, it wrote opset {written}")
     set_metadata(proto, spec, "fp32", max_batch)
     proto.producer_name = "tl"
     return save_model(proto, path)
+
+
+def _dynamo_export(model, example, spec: ModelSpec, opset: int, max_batch: int):
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, opset_version=opset,
+        input_names=[spec.input.name], output_names=[spec.output.name],
+        dynamic_shapes=({0: batch},), external_data=False, optimize=True, verbose=False,
+    )
+    return program.model_proto
+
+
+def _torchscript_export(model, example, spec: ModelSpec, opset: int):
+    import io
+
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    names = {spec.input.name: {0: "batch"}, spec.output.name: {0: "batch"}}
+    torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
+                      input_names=[spec.input.name], output_names=[spec.output.name], dynamic_axes=names)
+    return onnx.load_from_string(buffer.getvalue())

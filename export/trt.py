@@ -6,8 +6,9 @@ common.py's timing-cache helpers, strongly_type_autocast/sample.py):
 - FP16: a strongly typed network from ``model.fp16.onnx`` where
   ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists (TensorRT 10/11; 11 removed
   ``BuilderFlag.FP16``), else ``model.onnx`` + ``BuilderFlag.FP16`` (8.6).
-- INT8: the QDQ ``model.int8.onnx`` (explicit quantization), strongly typed where
-  possible, else ``BuilderFlag.INT8`` (+FP16 for the layers left unquantized).
+- INT8: the QDQ ``model.int8.onnx`` (explicit quantization). Where ``BuilderFlag.INT8``
+  and ``FP16`` exist (8.6-10.x) the network is weakly typed so the layers left without
+  Q/DQ may run in FP16; strongly typed (11) they run in FP32, and the sidecar says so.
 - One optimization profile over the batch dimension; a timing cache file kept beside
   the engines and reused by the next build; the engine is a plain serialized plan.
 
@@ -22,13 +23,13 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from tl.runtime.errors import TLError
+from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_tensorrt, trt_create
 from tl.runtime.sidecar import BuildRecord
 from tl.runtime.spec import ModelSpec
 
-NOT_INSTALLED = "TensorRT is not installed (pip install 'tl[gpu]')"
-NO_GPU = "building a TensorRT engine needs an NVIDIA GPU"
 TIMING_CACHE = "tensorrt.timing.cache"
 PRECISIONS = ("fp16", "int8")
 
@@ -77,6 +78,7 @@ class Route:
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()
     network_flags: tuple[str, ...] = ()
+    note: str = ""  # what the route means for the layers' precision, for the sidecar
 
 
 def choose_route(precision: str, features: TrtFeatures) -> Route:
@@ -90,10 +92,18 @@ def choose_route(precision: str, features: TrtFeatures) -> Route:
         raise TLError(f"TensorRT {features.version} offers neither strongly typed networks nor BuilderFlag.FP16; "
                       "install TensorRT 8.6 or newer")
     if precision == "int8":
+        weak = ("EXPLICIT_BATCH",) if features.explicit_batch_flag else ()
+        if features.int8_flag and features.fp16_flag:
+            # Weak typing lets the layers without Q/DQ pick FP16; strongly typed they stay FP32
+            # and the INT8 engine can lose to the FP16 one.
+            return Route("int8", "model.int8.onnx", False, ("INT8", "FP16"), weak,
+                         "Q/DQ layers in INT8, the other layers in FP16 or FP32 (weakly typed)")
         if features.strongly_typed:
-            return Route("int8", "model.int8.onnx", True, (), ("STRONGLY_TYPED",))
+            return Route("int8", "model.int8.onnx", True, (), ("STRONGLY_TYPED",),
+                         "Q/DQ layers in INT8, the other layers in FP32 (strongly typed: no FP16 flag here)")
         if features.int8_flag:
-            return Route("int8", "model.int8.onnx", False, ("INT8", "FP16") if features.fp16_flag else ("INT8",), net)
+            return Route("int8", "model.int8.onnx", False, ("INT8",), weak,
+                         "Q/DQ layers in INT8, the other layers in FP32")
         raise TLError(f"TensorRT {features.version} cannot build INT8 from a QDQ model; install TensorRT 8.6 or newer")
     raise TLError(f"TensorRT precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
 
@@ -121,7 +131,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: "GpuInfo",
+def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: GpuDevice,
                  onnx_path: str | Path, onnx_sha256: str, seconds: float, tl_version: str = "",
                  timing_cache: str | None = None) -> BuildRecord:
     """Everything the sidecar records about a build (the runtime refuses a mismatched GPU/TensorRT)."""
@@ -140,7 +150,7 @@ def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features
         workspace_gib=options.workspace_gib,
         tl_version=tl_version,
         extra={"builder_flags": list(route.builder_flags), "network_flags": list(route.network_flags),
-               "timing_cache": timing_cache},
+               "route": route.note, "timing_cache": timing_cache},
     )
 
 
@@ -184,50 +194,6 @@ def fold_int32_dequantize(model_proto) -> int:
     return folded
 
 
-# -- environment --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "8.7"
-    index: int = 0
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError as e:
-        raise TLError(NOT_INSTALLED) from e
-    return trt
-
-
-def gpu_info(device: int = 0) -> GpuInfo | None:
-    """The CUDA GPU's name and compute capability, or None when there is none.
-
-    torch first (export has it), then the runtime's own probes: cuda-python, nvidia-smi.
-    """
-    try:
-        import torch
-
-        if torch.cuda.is_available() and device < torch.cuda.device_count():
-            major, minor = torch.cuda.get_device_capability(device)
-            return GpuInfo(torch.cuda.get_device_name(device), f"{major}.{minor}", device)
-    except Exception:  # a CPU-only or broken torch says nothing about the GPU
-        pass
-    from tl.runtime.backends.tensorrt import gpu_compute_capability, import_cudart
-    from tl.runtime.env import gpu_info as nvidia_smi_gpus
-
-    try:
-        capability, name = gpu_compute_capability(import_cudart(), device)
-        return GpuInfo(name, capability, device)
-    except (TLError, RuntimeError):  # no cuda-python, no GPU, or a CUDA error
-        pass
-    gpus = nvidia_smi_gpus()
-    if len(gpus) > device and gpus[device].get("compute_cap"):
-        return GpuInfo(gpus[device]["name"], gpus[device]["compute_cap"], device)
-    return None
-
-
 def parser_errors(parser) -> list[str]:
     """ONNX parser errors as 'node NAME (OP): description' lines (node names: TensorRT 10+)."""
     lines = []
@@ -251,32 +217,48 @@ def _call(obj, name):
         return None
 
 
+def use_timing_cache(config, path: Path) -> str:
+    """Give the builder the timing cache at ``path``; returns what happened, for the sidecar.
+
+    ``ignore_mismatch=False`` (as Polygraphy passes): a cache recorded on another GPU is
+    refused (the call returns False) rather than trusted, and the build starts cold.
+    """
+    buffer = path.read_bytes() if path.is_file() else b""
+    try:
+        if buffer and config.set_timing_cache(config.create_timing_cache(buffer), ignore_mismatch=False):
+            return f"{path.name} (reused)"
+    except Exception:  # noqa: BLE001 - a cache truncated by a killed build: build cold
+        pass
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return f"{path.name} ({'refused: recorded on another GPU or TensorRT; ' if buffer else ''}new)"
+
+
 # -- the build ----------------------------------------------------------------------------
 
 def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, options: TrtOptions = TrtOptions(),
-                 device: int = 0, progress=None) -> tuple[Path, BuildRecord]:
-    """Build ``out_dir/model.<precision>.plan`` (+ sidecar) from the ONNX file the route needs."""
+                 device: int = 0, sources: Sequence[str | Path] = ()) -> tuple[Path, BuildRecord]:
+    """Build ``out_dir/model.<precision>.plan`` (+ sidecar) from the ONNX file the route needs,
+    looked up in ``sources`` (default: ``out_dir``)."""
     from tl.runtime.files import atomic_write_bytes
     from tl.runtime.sidecar import write_sidecar
 
     trt = import_tensorrt()
-    gpu = gpu_info(device)
+    gpu = find_gpu(device)
     if gpu is None:
         raise TLError(NO_GPU)
     features = TrtFeatures.probe(trt)
     route = choose_route(precision, features)
     shapes = profile_shapes(spec, options)
     out_dir = Path(out_dir)
-    onnx_path = out_dir / route.onnx_name
+    folders = [Path(f) for f in sources] or [out_dir]
+    onnx_path = next((f / route.onnx_name for f in folders if (f / route.onnx_name).is_file()), out_dir / route.onnx_name)
     if not onnx_path.is_file():
         raise TLError(f"{onnx_path} is missing; export it first (tl export --onnx{' --int8' if precision == 'int8' else ''})")
 
     logger = trt.Logger(trt.Logger.WARNING)
     if hasattr(trt, "init_libnvinfer_plugins"):
         trt.init_libnvinfer_plugins(logger, "")
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise TLError(NO_GPU)
+    builder = trt_create(trt.Builder, logger, what="builder")
     flags = 0
     for name in route.network_flags:
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
@@ -296,8 +278,6 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     if options.opt_level is not None and features.optimization_level:
-        if not 0 <= options.opt_level <= 5:
-            raise TLError(f"--opt-level must be between 0 and 5 (got {options.opt_level})")
         config.builder_optimization_level = int(options.opt_level)
     for name in route.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
@@ -308,17 +288,11 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     config.add_optimization_profile(profile)
 
     cache_path = out_dir / TIMING_CACHE
-    if options.timing_cache:
-        buffer = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(buffer)
-        config.set_timing_cache(cache, True)  # ignore_mismatch: a cache from another GPU is simply not used
+    cache_state = use_timing_cache(config, cache_path) if options.timing_cache else None
 
-    task = progress.add_task(f"building TensorRT {precision} engine", total=None) if progress is not None else None
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
-    if progress is not None:
-        progress.update(task, total=1, completed=1)
     if plan is None:
         raise TLError(f"TensorRT failed to build the {precision} engine from {onnx_path.name}; "
                       "try a larger --workspace or a smaller --max-batch (TL_DEBUG=1 and the log above have details)")
@@ -329,7 +303,7 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
 
     record = build_record(spec=spec, route=route, options=options, features=features, gpu=gpu,
                           onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
-                          tl_version=str(tl_version), timing_cache=cache_path.name if options.timing_cache else None)
+                          tl_version=str(tl_version), timing_cache=cache_state)
     engine = out_dir / engine_name(precision)
     atomic_write_bytes(engine, memoryview(plan).tobytes())
     write_sidecar(engine, spec, record)

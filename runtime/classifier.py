@@ -124,7 +124,7 @@ class Classifier:
         if n == 0:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32)
         step = self.max_batch or n
-        lo = max(1, getattr(self.backend, "min_batch", 1))
+        lo = max(1, self.backend.min_batch)
         outs = []
         for start in range(0, n, step):
             chunk = batch[start:start + step]
@@ -173,8 +173,8 @@ class Classifier:
         return preds
 
     def device_compute_ms(self, batch: np.ndarray, iters: int = 50) -> list[float] | None:
-        fn = getattr(self.backend, "device_compute_ms", None)
-        return fn(batch, iters) if fn else None
+        """Device time per call, back to back, input on the GPU; None where the backend cannot tell."""
+        return self.backend.device_compute_ms(batch, iters)
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:

@@ -17,6 +17,7 @@ from tl.runtime.errors import TLError
 class Inputs:
     images: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # non-image files
+    shown: dict[Path, str] = field(default_factory=dict)  # image -> its path relative to the folder it was found in
 
 
 def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
@@ -34,6 +35,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
                 continue
             seen.add(f)
             (found.images if is_image_file(f) else found.skipped).append(f)
+            found.shown[f] = str(f.relative_to(p)) if p.is_dir() else str(f)
     if not found.images:
         where = ", ".join(map(str, paths))
         raise TLError(f"no images found in {where} ({len(found.skipped)} other files skipped); "
@@ -44,8 +46,8 @@ def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
 def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",
                 providers=None, spec=None, device=0, threads=None) -> None:
     import numpy as np
-    from rich.console import Console
 
+    from tl.console import RichReporter
     from tl.runtime.classifier import Classifier
     from tl.runtime.images import preprocess_one
 
@@ -56,9 +58,9 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
     found = collect_inputs(paths)
     clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
                           intra_op_threads=threads)
-    err = Console(stderr=True)
     preds, failures = [], []
-    with _progress(err, len(found.images)) as (progress, task):
+    reporter = RichReporter()
+    with reporter, reporter.task("classifying", total=len(found.images)) as task:
         for start in range(0, len(found.images), batch_size):
             chunk = found.images[start:start + batch_size]
             arrays, ok = [], []
@@ -68,13 +70,14 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
                     ok.append(str(f))
                 except TLError as e:
                     failures.append((f, str(e)))
-                    err.print(f"[yellow]warning:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+                    reporter.warning(str(e))
             if arrays:
                 logits = clf.predict_logits(np.stack(arrays))
                 preds += clf.postprocess(logits, top_k=top_k, sources=ok)
-            progress.advance(task, len(chunk))
+            task.advance(len(chunk))
+    err = reporter.console
 
-    text = _render(preds, fmt, clf)
+    text = _render(preds, fmt, clf, {str(f): name for f, name in found.shown.items()})
     if output is not None:
         from tl.runtime.files import atomic_write_text
 
@@ -96,25 +99,7 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
                       "(the others were classified; fix or remove these files)")
 
 
-class _progress:
-    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
-
-    def __init__(self, console, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=console, transient=True, disable=not console.is_terminal)
-        self.total = total
-
-    def __enter__(self):
-        self.p.__enter__()
-        return self.p, self.p.add_task("predict", total=self.total)
-
-    def __exit__(self, *exc):
-        return self.p.__exit__(*exc)
-
-
-def _render(preds, fmt: str, clf) -> str:
+def _render(preds, fmt: str, clf, shown: dict[str, str]) -> str:
     if fmt == "json":
         return "".join(json.dumps(p.to_dict()) + "\n" for p in preds)
     if fmt == "csv":
@@ -133,19 +118,10 @@ def _render(preds, fmt: str, clf) -> str:
     table.add_column("score", justify="right")
     table.add_column("top-k")
     for p in preds:
-        table.add_row(_short(p.source), p.label, f"{p.score:.3f}", ", ".join(f"{l} {s:.3f}" for l, s in p.top_k[1:]))
+        table.add_row(shown.get(p.source or "", p.source or "<array>"), p.label, f"{p.score:.3f}", ", ".join(f"{l} {s:.3f}" for l, s in p.top_k[1:]))
     buf = io.StringIO()
     Console(file=buf, width=120, no_color=True, highlight=False).print(table)
     return buf.getvalue()
-
-
-def _short(source: str | None) -> str:
-    if source is None:
-        return "<array>"
-    try:
-        return str(Path(source).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return source
 
 
 def run_info(*, model, fmt: str = "text", env: bool = True) -> None:

@@ -54,13 +54,30 @@ def images_in_folder(root: str | os.PathLike, *, option: str) -> list[Path]:
 
 
 def sample_files(files: Sequence[str | os.PathLike], count: int, *, seed: int = 0) -> list[Path]:
-    """At most ``count`` files, a fixed-seed sample in sorted order, so reruns use the same ones."""
+    """At most ``count`` files: a fixed-seed sample spread evenly over their folders, in sorted order.
+
+    Folders are classes in tl's layouts, so every class shows up. Parity, INT8 calibration
+    and bench all draw through this, so they judge the same kind of sample, and reruns the
+    same files.
+    """
     import random
 
-    files = [Path(f) for f in files]
-    if len(files) > count:
-        files = sorted(random.Random(seed).sample(files, count))
-    return files
+    files = sorted(Path(f) for f in files)
+    if len(files) <= count:
+        return files
+    rng = random.Random(seed)
+    groups: dict[Path, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.parent, []).append(f)
+    queues = [groups[k] for k in sorted(groups)]
+    for q in queues:
+        rng.shuffle(q)
+    picked: list[Path] = []
+    for i in range(max(len(q) for q in queues)):  # round robin over the folders
+        picked += [q[i] for q in queues if i < len(q)][: count - len(picked)]
+        if len(picked) == count:
+            break
+    return sorted(picked)
 
 
 def _max_pixels() -> int | None:

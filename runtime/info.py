@@ -11,9 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tl.runtime.backends import MODEL_SUFFIXES, entry_for
+from tl.runtime.artifact import MODEL_SUFFIXES, SPEC_KEY, spec_from_metadata
+from tl.runtime.backends import entry_for
 from tl.runtime.errors import TLError
-from tl.runtime.spec import METADATA_KEY, ModelSpec
 
 
 def artifact_info(path: str | Path) -> dict[str, Any]:
@@ -35,7 +35,6 @@ def _onnx_info(path: Path) -> dict[str, Any]:
     from tl.runtime.onnxmeta import read_onnx_meta
 
     meta = read_onnx_meta(path)
-    spec_text = meta.metadata.get(METADATA_KEY)
     out: dict[str, Any] = {
         "format": "onnx",
         "opset": meta.opset,
@@ -43,8 +42,8 @@ def _onnx_info(path: Path) -> dict[str, Any]:
         "ir_version": meta.ir_version,
         "producer": meta.producer,
         "precision": meta.precision(),
-        "spec": ModelSpec.from_json(spec_text).to_dict() if spec_text else None,
-        "metadata": {k: v for k, v in meta.metadata.items() if k != METADATA_KEY},
+        "spec": spec_from_metadata(meta.metadata, path).to_dict() if SPEC_KEY in meta.metadata else None,
+        "metadata": {k: v for k, v in meta.metadata.items() if k != SPEC_KEY},
     }
     try:
         import onnxruntime as ort

@@ -11,9 +11,9 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tl.runtime.artifact import PRECISION_KEY
 from tl.runtime.errors import TLError
 
-PRECISION_KEY = "tl.precision"
 QUANT_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
     "QLinearMatMul", "ConvInteger", "MatMulInteger",

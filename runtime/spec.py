@@ -18,7 +18,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("squash", "shorter")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
-METADATA_KEY = "tl.spec"
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,8 @@ def bench_model(tmp_path_factory, synth_data):
                  "val_files": [str(f) for f in val], "val_labels": [CLASSES.index(f.parent.name) for f in val]},
     })
     out = root / "export"
-    export(ExportOptions(checkpoint=ckpt, out=out, int8=True, calib_dir=synth_data / "train", calib_count=16,
-                         parity_count=8, quiet=True))
+    export(ExportOptions(checkpoint=ckpt, out=out, onnx=True, int8=True, calib_dir=synth_data / "train", calib_count=16,
+                         parity_count=8))
     assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
     return ckpt, out
 
@@ -147,12 +147,12 @@ def test_export_folder_alone_finds_its_checkpoint(tl_cli, bench_model, tmp_path)
     from tl.benchmarks import BenchOptions, run
 
     res = run(BenchOptions(targets=[export_dir], device="cpu", backends=["ort"], batch_sizes=[2],
-                           iters=2, warmup=0, images=6, progress=False))
+                           iters=2, warmup=0, images=6))
     assert [r.precision for r in res.rows] == ["fp32", "int8"]
     assert all(r.status == "ok" and r.agreement is not None for r in res.rows), res.rows
     assert all(r.speedup is None for r in res.rows)  # no eager row timed: no speedup claimed
     assert res.environment["checkpoint"] == str(ckpt)
-    assert res.images["source"].startswith("checkpoint validation images") and res.images["count"] == 6
+    assert res.images["source"].startswith("checkpoint val_files") and res.images["count"] == 6
     assert res.files == {}  # no --out: nothing written
 
 

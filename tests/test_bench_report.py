@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tl.benchmarks import ROW_FIELDS, BenchResult, BenchRow
-from tl.benchmarks.report import ISSUE_FIELDS, environment, render_table, write_all
+from tl.benchmarks.cli import TABLE_WIDTH, bench_table
+from tl.benchmarks.report import REQUIRED_FIELDS, bench_environment, write_all
 
 ENV_KEYS = {"cpu", "cpu_cores", "cpu_threads", "gpu", "gpu_driver", "python", "torch", "onnxruntime", "tensorrt"}
 
@@ -38,10 +39,10 @@ def result() -> BenchResult:
         rows.append(_row("trt", "fp16", b, 0, provider="TensorRT", status="skipped",
                          error="TensorRT engines run only on a CUDA GPU (use --device cuda)", artifact="model.fp16.plan"))
         rows.append(_row("eager-bf16", "bf16", b, 0, status="failed", error="RuntimeError: boom | pipe"))
-    from tl.benchmarks import _speedups
+    from tl.benchmarks.matrix import _speedups
 
     _speedups(rows)
-    env = environment(device="cpu", threads=None)
+    env = bench_environment(device="cpu", threads=None)
     env.update({"arch": "vgg16", "image_size": [224, 224], "artifacts": ["/x/model.onnx", "/x/model.int8.onnx"],
                 "images": {"source": "synthetic shapes (32)", "count": 32, "labelled": True},
                 "timing": {"warmup": 3, "seconds": 3.0, "iters": None}})
@@ -56,7 +57,7 @@ def test_speedup_is_relative_to_eager_fp32_at_the_same_batch(result):
 
 
 def test_environment_has_the_machine_and_versions():
-    env = environment(device="cpu")
+    env = bench_environment(device="cpu")
     assert ENV_KEYS <= set(env)
     assert env["cpu_threads"] >= 1 and env["cpu"]
     assert env["python"].count(".") == 2
@@ -75,7 +76,7 @@ def test_writers_schema_and_contents(result, tmp_path):
     assert ENV_KEYS <= set(data["environment"])
     assert len(data["rows"]) == len(result.rows)
     for row in data["rows"]:
-        assert set(ISSUE_FIELDS) <= set(row), set(ISSUE_FIELDS) - set(row)
+        assert set(REQUIRED_FIELDS) <= set(row), set(REQUIRED_FIELDS) - set(row)
         assert row["status"] in ("ok", "failed", "skipped")
         if row["status"] == "ok":
             assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
@@ -111,14 +112,15 @@ def test_writers_schema_and_contents(result, tmp_path):
     assert png.stat().st_size > 20_000
 
 
-def test_rich_table_shows_rows_and_failures(result):
+def test_terminal_table_fits_100_columns_and_shows_failures(result):
     from rich.console import Console
 
     console = Console(record=True, width=250)
-    render_table(result, console=console)
+    console.print(bench_table(result))
     text = console.export_text()
-    assert "vgg16" in text and "int8" in text and "3.33x" in text
+    assert "vgg16" in text and "int8" in text and "3.33x" in text and "97.0%" in text
     assert "failed: RuntimeError" in text and "skipped" in text
+    assert max(len(line) for line in text.splitlines()) <= TABLE_WIDTH
 
 
 def test_png_with_only_failed_rows_still_renders(tmp_path):

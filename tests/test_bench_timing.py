@@ -130,9 +130,9 @@ def test_options_validation():
     from tl.runtime.errors import TLError
 
     with pytest.raises(TLError, match="--warmup"):
-        TimingOptions(warmup=-1).validate()
+        TimingOptions(warmup=-1)
     with pytest.raises(TLError, match="--iters"):
-        TimingOptions(iters=0).validate()
+        TimingOptions(iters=0)
     with pytest.raises(TLError, match="--seconds"):
-        TimingOptions(seconds=0).validate()
-    TimingOptions(seconds=None, iters=5).validate()
+        TimingOptions(seconds=0)
+    TimingOptions(seconds=None, iters=5)

@@ -37,7 +37,7 @@ def run_dir(make_checkpoint, synth_data, tmp_path_factory):
 
 def test_run_folder_onnx_fp16_int8_and_report(tl_cli, run_dir, synth_data, tmp_path):
     out = tmp_path / "exp"
-    r = tl_cli("export", run_dir, "--out", out, "--fp16", "--int8", "--calib-count", "12")
+    r = tl_cli("export", run_dir, "--out", out, "--onnx", "--fp16", "--int8", "--calib-count", "12")
     assert r.code == 0, r.err
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
     report = json.loads((out / "export.json").read_text())
@@ -68,10 +68,20 @@ def test_val_dir_and_default_is_fp32_only(tl_cli, make_checkpoint, synth_data, t
     assert report["images"] == 5 and report["image_source"].startswith("val-dir")
 
 
+def test_onnx_flag_keeps_model_onnx_only_when_asked(tl_cli, run_dir, tmp_path):
+    """--int8 alone: model.onnx is built as the source, checked, and not kept."""
+    out = tmp_path / "exp"
+    r = tl_cli("export", run_dir, "--out", out, "--int8", "--calib-count", "8", "--parity-count", "8")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.int8.onnx"]
+    report = json.loads((out / "export.json").read_text())
+    assert [a["file"] for a in report["artifacts"]] == ["model.int8.onnx"]
+
+
 def test_synthetic_parity_images_when_checkpoint_has_no_data(make_checkpoint, tmp_path):
     from tl.export import ExportOptions, export
 
-    res = export(ExportOptions(checkpoint=make_checkpoint("mobilenet_v3_small", image_size=32), out=tmp_path, quiet=True,
+    res = export(ExportOptions(checkpoint=make_checkpoint("mobilenet_v3_small", image_size=32), out=tmp_path,
                                parity_count=6))
     assert res.image_source == "synthetic" and res.images == 6
     assert [a.file for a in res.artifacts] == ["model.onnx"] and res.report.is_file()
@@ -148,7 +158,8 @@ def test_int8_without_any_calibration_source(tl_cli, make_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--opset", "13"], "--opset must be at least 17"),
+    (["--opset", "13"], "Invalid value for '--opset'"),
+    (["--opset", "99"], "Invalid value for '--opset'"),
     (["--max-batch", "1"], "--max-batch must be at least 2"),
     (["--calib-method", "magic"], "Invalid value for '--calib-method'"),
     (["--int8", "--calib-count", "0"], "--calib-count must be at least 1"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tl.runtime.spec import ModelSpec
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -89,14 +91,33 @@ def test_fp16_has_half_weights_float_io_and_agrees(exported):
     assert fp16.stat().st_size < 0.6 * (fp16.parent / "model.onnx").stat().st_size
 
 
-def test_opset_below_17_is_a_user_error(exported, tmp_path):
-    from tl.export.onnx import export_onnx
+@pytest.mark.parametrize("opset", [13, 16, 24, 99])
+def test_unsupported_opset_is_a_user_error(opset, tmp_path):
+    from tl.export import ExportOptions
     from tl.runtime.errors import TLError
 
+    with pytest.raises(TLError, match="--opset must be between 17 and 23"):
+        ExportOptions(checkpoint=tmp_path / "best.pt", opset=opset)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_opset_written_is_the_opset_asked_for_and_matches_pytorch(exported, tmp_path, opset):
+    """17 goes through the TorchScript exporter (TensorRT 8.6's newest), 18+ through dynamo."""
+    import onnx
+    import torch
+
+    from tl.export.onnx import export_onnx
+
     model, spec, _, _ = exported
-    with pytest.raises(TLError, match="--opset must be at least 17"):
-        export_onnx(model, spec, tmp_path / "x.onnx", opset=13)
-    assert not list(tmp_path.iterdir())
+    path = export_onnx(model, spec, tmp_path / "model.onnx", opset=opset, max_batch=16)
+    proto = onnx.load(str(path))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == opset
+    x = np.random.default_rng(opset).standard_normal((5, 3, spec.input.height, spec.input.width)).astype(np.float32)
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    got = _session(path).run(None, {"input": x})[0]  # batch 5: the batch axis stayed dynamic
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert ModelSpec.from_json({p.key: p.value for p in proto.metadata_props}["tl.spec"]) == spec
 
 
 def test_set_metadata_replaces_tl_keys_and_keeps_others(exported):
@@ -126,6 +147,6 @@ def test_fp16_refuses_onnx_without_spec(tmp_path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
     onnx.save(helper.make_model(graph), str(tmp_path / "foreign.onnx"))
-    with pytest.raises(TLError, match="no tl.spec"):
+    with pytest.raises(TLError, match="has no tl model spec"):
         convert_fp16(tmp_path / "foreign.onnx", tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()

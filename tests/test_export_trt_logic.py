@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from tl.export.trt import (
-    NO_GPU, NOT_INSTALLED, GpuInfo, Route, TrtFeatures, TrtOptions, build_record, choose_route, engine_name,
-    parser_errors, profile_shapes,
+    Route, TrtFeatures, TrtOptions, build_record, choose_route, engine_name, parser_errors, profile_shapes,
+    use_timing_cache,
 )
 from tl.runtime.errors import TLError
+from tl.runtime.gpu import NO_GPU, NOT_INSTALLED, GpuDevice, find_gpu, import_tensorrt
 from tl.runtime.spec import ModelSpec
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -51,10 +52,15 @@ def test_fp16_route_per_version():
 
 
 def test_int8_route_always_from_the_qdq_model():
-    r11, r86 = choose_route("int8", TRT11), choose_route("int8", TRT86)
-    assert r11.onnx_name == r86.onnx_name == "model.int8.onnx"
-    assert r11.strongly_typed and r11.builder_flags == ()
-    assert not r86.strongly_typed and r86.builder_flags == ("INT8", "FP16")
+    r11, r10, r86 = choose_route("int8", TRT11), choose_route("int8", TRT10), choose_route("int8", TRT86)
+    assert r11.onnx_name == r10.onnx_name == r86.onnx_name == "model.int8.onnx"
+    assert r11.strongly_typed and r11.builder_flags == () and "FP32" in r11.note
+    # Where the flags exist, weak typing lets the layers without Q/DQ run in FP16.
+    for r in (r10, r86):
+        assert not r.strongly_typed and r.builder_flags == ("INT8", "FP16") and "FP16" in r.note
+    record = build_record(spec=SPEC, route=r10, options=TrtOptions(), features=TRT10, gpu=GpuDevice(0, "x", "8.9"),
+                          onnx_path="model.int8.onnx", onnx_sha256="0", seconds=1.0)
+    assert record.extra["route"] == r10.note and record.extra["builder_flags"] == ["INT8", "FP16"]
 
 
 def test_route_errors():
@@ -90,7 +96,7 @@ def test_build_record_content_and_sidecar_round_trip(tmp_path):
 
     options = TrtOptions(min_batch=1, opt_batch=8, max_batch=16, workspace_gib=2.0, opt_level=4)
     record = build_record(spec=SPEC, route=choose_route("fp16", TRT10), options=options, features=TRT10,
-                          gpu=GpuInfo("NVIDIA Jetson AGX Orin", "8.7"), onnx_path=onnx_file,
+                          gpu=GpuDevice(0, "NVIDIA Jetson AGX Orin", "8.7"), onnx_path=onnx_file,
                           onnx_sha256=sha256_file(onnx_file), seconds=12.3456, tl_version="0.1.0",
                           timing_cache="tensorrt.timing.cache")
     assert record.tensorrt_version == "10.7.0" and record.compute_capability == "8.7"
@@ -170,7 +176,7 @@ def test_fold_int32_bias_dequantize_keeps_outputs(make_checkpoint, synth_data, t
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_no_tensorrt_is_a_user_error(tmp_path):
-    from tl.export.trt import build_engine, import_tensorrt
+    from tl.export.trt import build_engine
 
     with pytest.raises(TLError) as e:
         import_tensorrt()
@@ -180,19 +186,17 @@ def test_no_tensorrt_is_a_user_error(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_gpu_info_is_none_or_complete():
-    from tl.export.trt import gpu_info
-
-    info = gpu_info(0)
+def test_find_gpu_is_none_or_complete():
+    info = find_gpu(0)
     assert info is None or (info.name and info.compute_capability.count(".") == 1)
-    assert gpu_info(99) is None or isinstance(gpu_info(99), GpuInfo)
+    assert find_gpu(99) is None or isinstance(find_gpu(99), GpuDevice)
 
 
 @pytest.mark.skipif(not HAS_TRT, reason="needs the tensorrt package")
 def test_no_gpu_message_when_tensorrt_but_no_gpu(tmp_path):
-    from tl.export.trt import build_engine, gpu_info
+    from tl.export.trt import build_engine
 
-    if gpu_info(0) is not None:
+    if find_gpu(0) is not None:
         pytest.skip("a GPU is present")
     with pytest.raises(TLError, match=NO_GPU):
         build_engine(out_dir=tmp_path, spec=SPEC, precision="fp16")
@@ -203,11 +207,11 @@ def test_no_gpu_message_when_tensorrt_but_no_gpu(tmp_path):
 def test_real_engine_build_and_timing_cache_reuse(make_checkpoint, tmp_path):
     from tl.export.fp16 import convert_fp16
     from tl.export.onnx import export_onnx
-    from tl.export.trt import TIMING_CACHE, build_engine, gpu_info
+    from tl.export.trt import TIMING_CACHE, build_engine
     from tl.runtime.sidecar import read_sidecar
     from tl.train.checkpoint import load_model
 
-    if gpu_info(0) is None:
+    if find_gpu(0) is None:
         pytest.skip("needs an NVIDIA GPU")
     model, spec, _ = load_model(make_checkpoint("resnet18", image_size=32))
     export_onnx(model, spec, tmp_path / "model.onnx")
@@ -222,3 +226,31 @@ def test_real_engine_build_and_timing_cache_reuse(make_checkpoint, tmp_path):
     # The next build reuses the cache (and is not slower by much).
     _, again = build_engine(out_dir=tmp_path, spec=spec, precision="fp16", options=options)
     assert again.onnx_sha256 == record.onnx_sha256
+
+
+class _Config:
+    """Records what use_timing_cache hands the builder config; mimics IBuilderConfig's return values."""
+
+    def __init__(self, accept: bool):
+        self.accept, self.calls = accept, []
+
+    def create_timing_cache(self, buffer):
+        return bytes(buffer)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.calls.append((cache, ignore_mismatch))
+        return self.accept or cache == b""
+
+
+def test_timing_cache_never_ignores_a_mismatch(tmp_path):
+    path = tmp_path / "tensorrt.timing.cache"
+    cfg = _Config(accept=True)
+    assert use_timing_cache(cfg, path) == "tensorrt.timing.cache (new)"  # nothing saved yet
+    assert cfg.calls == [(b"", False)]
+    path.write_bytes(b"cache from this GPU")
+    cfg = _Config(accept=True)
+    assert use_timing_cache(cfg, path) == "tensorrt.timing.cache (reused)"
+    assert cfg.calls == [(b"cache from this GPU", False)]
+    cfg = _Config(accept=False)  # recorded on another GPU: TensorRT refuses it, the build starts cold
+    assert "refused" in use_timing_cache(cfg, path)
+    assert cfg.calls == [(b"cache from this GPU", False), (b"", False)]

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,10 @@ def test_predict_folder_table(tl_cli, onnx_path, photos):
         assert f"img{i}" in r.out
     assert "5 images classified" in r.err and "2 non-image files skipped" in r.err
     assert "CPUExecutionProvider" in r.err
+    # Paths relative to the folder given, however deep it sits: img1 is in photos/sub/.
+    table_paths = [line.split()[1] for line in r.out.splitlines() if "img" in line and line.startswith("│")]
+    assert {Path(t).with_suffix("").as_posix() for t in table_paths} == {"img0", "img2", "img4", "sub/img1", "sub/img3"}
+    assert all(str(photos) not in line for line in r.out.splitlines())
 
 
 def test_predict_json_matches_library(tl_cli, onnx_path, photos):

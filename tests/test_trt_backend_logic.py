@@ -153,3 +153,18 @@ def test_real_mismatch_is_refused(tmp_path):
     plan = _engine(tmp_path, cc="1.0")
     with pytest.raises(TLError, match="rebuild"):
         Classifier.load(plan)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.int32])
+def test_host_array_views_raw_memory_of_any_dtype(dtype):
+    """Engines with FP16 I/O: the pinned-buffer view must work where ctypes has no such type."""
+    import ctypes
+
+    from tl.runtime.backends.tensorrt import host_array
+
+    values = np.arange(5).astype(dtype)
+    mem = ctypes.create_string_buffer(values.nbytes)
+    view = host_array(ctypes.addressof(mem), 5, dtype)
+    view[:] = values
+    assert view.dtype == np.dtype(dtype) and view.shape == (5,)
+    assert np.frombuffer(mem.raw, dtype=dtype).tolist() == values.tolist()

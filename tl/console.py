@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
@@ -98,4 +99,4 @@ class RichReporter(Reporter):
         self.progress.console.print(text, soft_wrap=True, highlight=False)
 
     def warning(self, text: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {text}", soft_wrap=True, highlight=False)
+        self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True, highlight=False)

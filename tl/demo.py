@@ -82,29 +82,25 @@ def step_train(ctx: DemoContext) -> None:
                       f"-> {result.best_path}")
 
 
-def tensorrt_usable() -> bool:
-    """TensorRT engines are built only where TensorRT imports and a GPU answers."""
-    from tl.export.trt import gpu_info, import_tensorrt
-    from tl.runtime.errors import TLError
-
-    try:
-        import_tensorrt()
-        return gpu_info(0) is not None
-    except (TLError, ImportError, OSError, RuntimeError):
-        return False
-
-
 def step_export(ctx: DemoContext) -> None:
     """ONNX FP32 + INT8 (calibrated on the demo's training images), TensorRT FP16 when possible."""
     import shutil
 
+    from tl.console import RichReporter
     from tl.export import ExportOptions, export
+    from tl.export.cli import parity_table
+    from tl.runtime.gpu import tensorrt_usable
 
     if ctx.export_dir.exists():
         shutil.rmtree(ctx.export_dir)
     trt = tensorrt_usable()
-    result = export(ExportOptions(checkpoint=ctx.results["train"].best_path, out=ctx.export_dir,
-                                  onnx=True, int8=True, trt=trt, calib_count=128, parity_count=128))
+    with RichReporter(console=ctx.console) as reporter:
+        result = export(ExportOptions(checkpoint=ctx.results["train"].best_path, out=ctx.export_dir,
+                                      onnx=True, int8=True, trt=trt, calib_count=128, parity_count=128),
+                        reporter=reporter)
+    ctx.console.print(parity_table(result))
+    for w in result.warnings:
+        ctx.console.print(f"[yellow]warning:[/] {w}")
     ctx.results["export"] = result
     ctx.results.setdefault("summary_rows", []).extend(
         [(f"{p.name}", p, None) for p in result.files()] + [("parity report", result.report, "export")]
@@ -139,13 +135,15 @@ def step_predict(ctx: DemoContext) -> None:
 def step_bench(ctx: DemoContext) -> None:
     """Eager PyTorch FP32 vs each artifact at batch 1 and 8 on this machine."""
     from tl.benchmarks import BenchOptions, run
-    from tl.benchmarks.report import render_table
+    from tl.benchmarks.cli import bench_table
+    from tl.console import RichReporter
 
-    result = run(BenchOptions(targets=[ctx.run_dir, ctx.export_dir], device="auto", out=ctx.bench_dir,
-                              batch_sizes=DEMO_BENCH["batch_sizes"], backends=DEMO_BENCH["backends"],
-                              seconds=DEMO_BENCH["seconds"], warmup=DEMO_BENCH["warmup"],
-                              images=DEMO_BENCH["images"]))
-    render_table(result, console=ctx.console)
+    with RichReporter(console=ctx.console) as reporter:
+        result = run(BenchOptions(targets=[ctx.run_dir, ctx.export_dir], device="auto", out=ctx.bench_dir,
+                                  batch_sizes=DEMO_BENCH["batch_sizes"], backends=DEMO_BENCH["backends"],
+                                  seconds=DEMO_BENCH["seconds"], warmup=DEMO_BENCH["warmup"],
+                                  images=DEMO_BENCH["images"]), reporter=reporter)
+    ctx.console.print(bench_table(result))
     ctx.results["bench"] = result
     ctx.results.setdefault("summary_rows", []).extend(
         [(f"benchmark {p.suffix[1:]}", p, "bench" if p.suffix == ".md" else None) for p in result.files.values()]

@@ -15,10 +15,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from tl.runtime.artifact import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
-
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @runtime_checkable
@@ -52,12 +51,11 @@ class BackendEntry:
 
 
 REGISTRY: tuple[BackendEntry, ...] = (
-    BackendEntry("onnxruntime", "tl.runtime.backends.onnxruntime", "OnnxRuntimeBackend", (".onnx",), ("ort", "onnxruntime")),
-    BackendEntry("tensorrt", "tl.runtime.backends.tensorrt", "TensorRTBackend", (".plan", ".engine", ".trt"), ("trt", "tensorrt")),
+    BackendEntry("onnxruntime", "tl.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ONNX_SUFFIXES, ("ort", "onnxruntime")),
+    BackendEntry("tensorrt", "tl.runtime.backends.tensorrt", "TensorRTBackend", ENGINE_SUFFIXES, ("trt", "tensorrt")),
 )
 
 BACKEND_CHOICES = ("auto",) + tuple(a for e in REGISTRY for a in e.aliases)
-MODEL_SUFFIXES = tuple(s for e in REGISTRY for s in e.suffixes)
 
 
 def entry_for(path: str | Path, backend: str = "auto") -> BackendEntry:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tl.runtime.artifact import MAX_BATCH_KEY, spec_from_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.onnxmeta import read_onnx_meta
-from tl.runtime.spec import METADATA_KEY, ModelSpec
+from tl.runtime.spec import ModelSpec
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_ALIASES = {"trt": TRT_EP, "tensorrt": TRT_EP, "cuda": CUDA_EP, "gpu": CUDA_EP, "cpu": CPU_EP}
 AUTO_ORDER = (TRT_EP, CUDA_EP, CPU_EP)
-MAX_BATCH_KEY = "tl.max_batch"
 DEFAULT_PROFILE_MAX_BATCH = 32  # the exporter's default dynamic-batch bound
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -114,13 +114,7 @@ class OnnxRuntimeBackend:
     def _resolve_spec(self, spec) -> ModelSpec:
         if spec is not None:
             return spec if isinstance(spec, ModelSpec) else ModelSpec.load(spec)
-        text = self.meta.metadata.get(METADATA_KEY)
-        if not text:
-            raise TLError(
-                f"{self.path} has no tl model spec (metadata '{METADATA_KEY}'): it was not exported by tl; "
-                "pass the labels and preprocessing as spec= / --spec spec.json"
-            )
-        return ModelSpec.from_json(text)
+        return spec_from_metadata(self.meta.metadata, self.path)
 
     def _trt_options(self, cache_dir, profile_max: int) -> dict:
         cache = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -17,63 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tl.runtime.artifact import precision_from_name
 from tl.runtime.errors import TLError
+from tl.runtime.gpu import cuda_call, cuda_device, import_cudart, import_tensorrt, trt_create
 from tl.runtime.sidecar import BuildRecord, check_compatible, read_sidecar, sidecar_path
 from tl.runtime.spec import ModelSpec
 
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise TLError(
-            "TensorRT is not installed, so .plan/.engine files cannot run here; install it with "
-            "pip install 'tl[gpu]' (or JetPack on Jetson), or run the .onnx export instead"
-        ) from e
-    return trt
-
-
-def import_cudart():
-    """cuda-python's runtime API: cuda.bindings.runtime (12.6+), else the older cuda.cudart."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # type: ignore[no-redef]
-        except ImportError as e:
-            raise TLError("cuda-python is not installed (the TensorRT backend needs it): pip install 'tl[gpu]'") from e
-    return cudart
-
-
-def cuda_call(cudart, result):
-    """cudart calls return (err, *values); raise on error, return the value(s)."""
-    err, rest = result[0], result[1:]
-    if err != cudart.cudaError_t.cudaSuccess:
-        name = getattr(err, "name", str(err))
-        raise RuntimeError(f"CUDA runtime error {name}")
-    if not rest:
-        return None
-    return rest[0] if len(rest) == 1 else rest
-
-
-def gpu_compute_capability(cudart, device: int) -> tuple[str, str]:
-    """(compute capability "8.7", GPU name) of ``device``; TLError when there is no GPU."""
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        raise TLError("no CUDA GPU is visible (TensorRT engines need one); run the .onnx export on CPU instead")
-    if not 0 <= device < count:
-        raise TLError(f"GPU {device} does not exist (this machine has {count}); pass a device between 0 and {count - 1}")
-    attr = cudart.cudaDeviceAttr
-    major = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device))
-    minor = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device))
-    name = ""
-    try:
-        props = cuda_call(cudart, cudart.cudaGetDeviceProperties(device))
-        raw = props.name
-        name = raw.decode(errors="replace").rstrip("\x00") if isinstance(raw, bytes) else str(raw)
-    except Exception:  # the name is cosmetic; never fail on it
-        pass
-    return f"{major}.{minor}", name
+RUN_ONNX_INSTEAD = ("so .plan/.engine files cannot run here (on a Jetson it comes with JetPack); "
+                    "run the .onnx export instead")
 
 
 def preflight(engine: Path, *, spec: ModelSpec | str | Path | None, tensorrt_version: str,
@@ -92,16 +43,27 @@ def preflight(engine: Path, *, spec: ModelSpec | str | Path | None, tensorrt_ver
     return (spec or side_spec), build
 
 
+def host_array(address: int, count: int, dtype) -> np.ndarray:
+    """``count`` items of ``dtype`` over host memory at ``address``, through a byte view (any dtype)."""
+    dtype = np.dtype(dtype)
+    raw = (ctypes.c_byte * (count * dtype.itemsize)).from_address(address)
+    return np.frombuffer(raw, dtype=np.uint8).view(dtype)
+
+
 class _Buffer:
-    """Pinned host array + device allocation of the same size (common_runtime.HostDeviceMem)."""
+    """Pinned host array + device allocation of the same size (common_runtime.HostDeviceMem).
+
+    The host array is a byte view cast to ``dtype``, as NVIDIA's common_runtime.py does:
+    ctypes has no float16 / bfloat16 type, so ``np.ctypeslib.as_ctypes_type`` cannot be used.
+    """
 
     def __init__(self, cudart, count: int, dtype: np.dtype):
         self.cudart = cudart
         self.dtype = np.dtype(dtype)
-        self.nbytes = max(1, int(count)) * self.dtype.itemsize
+        count = max(1, int(count))
+        self.nbytes = count * self.dtype.itemsize
         self.host_ptr = cuda_call(cudart, cudart.cudaMallocHost(self.nbytes))
-        ptr_type = ctypes.POINTER(np.ctypeslib.as_ctypes_type(self.dtype))
-        self.host = np.ctypeslib.as_array(ctypes.cast(self.host_ptr, ptr_type), (max(1, int(count)),))
+        self.host = host_array(int(self.host_ptr), count, self.dtype)
         self.device = cuda_call(cudart, cudart.cudaMalloc(self.nbytes))
 
     def free(self) -> None:
@@ -124,18 +86,19 @@ class TensorRTBackend:
             raise TLError("providers apply to ONNX Runtime only; a TensorRT engine always runs on TensorRT")
         if not sidecar_path(self.path).is_file() and spec is None:
             read_sidecar(self.path)  # raises the "no sidecar ... pass spec=" error before any GPU work
-        trt = import_tensorrt()
+        trt = import_tensorrt(RUN_ONNX_INSTEAD)
         cudart = import_cudart()
         self.trt, self.cudart, self.device = trt, cudart, int(device)
-        cc, gpu = gpu_compute_capability(cudart, self.device)
+        gpu = cuda_device(cudart, self.device)
+        cc = gpu.compute_capability
         self.spec, self.build = preflight(self.path, spec=spec, tensorrt_version=trt.__version__, compute_capability=cc)
-        self.gpu_name = gpu
-        self.precision = self.build.precision if self.build else _precision_from_name(self.path)
-        self.providers = [f"TensorRT {trt.__version__} on GPU {self.device} ({gpu or 'cc ' + cc})"]
+        self.gpu_name = gpu.name
+        self.precision = self.build.precision if self.build else precision_from_name(self.path)
+        self.providers = [f"TensorRT {trt.__version__} on GPU {self.device} ({gpu.name or 'cc ' + cc})"]
 
         cuda_call(cudart, cudart.cudaSetDevice(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        self.runtime = trt_create(trt.Runtime, self.logger, what="runtime")
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise TLError(f"{self.path}: TensorRT could not deserialize the engine (see the log above); "
@@ -249,8 +212,3 @@ class TensorRTBackend:
             self.close()
         except Exception:
             pass
-
-
-def _precision_from_name(path: Path) -> str:
-    name = path.name.lower()
-    return "int8" if ".int8." in name else "fp16" if ".fp16." in name else "fp32"

@@ -1,0 +1,357 @@
+"""The benchmark matrix: every runner x every batch size, timed by the one timing core.
+
+``run(BenchOptions(...))`` loads the FP32 reference, builds the runners, times each cell,
+checks each runner's top-1 agreement with eager FP32 on the same preprocessed images and
+writes bench.json/csv/md/png. A cell that fails is recorded with its reason and the
+matrix goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
+from tl.benchmarks.targets import Targets, bench_images, resolve_targets, spec_of_targets
+from tl.runtime.errors import TLError
+from tl.runtime.progress import SILENT, Reporter
+
+AGREEMENT_CHUNK = 8  # images per call when checking agreement (padded, so compile sees one shape)
+COMPUTE_MS_MEANING = ("device time of one inference call with the input already on the GPU: CUDA events around each "
+                      "call, calls enqueued back to back after warm-up (torch and TensorRT rows; empty for ONNX "
+                      "Runtime, which exposes no events, and where the batch exceeds an engine's max batch)")
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    precision: str
+    provider: str
+    device: str
+    batch: int
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    first_ms: float | None = None
+    throughput: float | None = None
+    speedup: float | None = None
+    agreement: float | None = None
+    accuracy: float | None = None
+    size_mb: float | None = None
+    build_s: float | None = None
+    status: str = "ok"  # ok | failed | skipped
+    error: str | None = None
+    compute_ms: float | None = None  # device time per call (trtexec's GPU Compute Time)
+    artifact: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ROW_FIELDS = tuple(f for f in BenchRow.__dataclass_fields__)
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    environment: dict[str, Any]
+    images: dict[str, Any]  # {"source", "count", "labelled"}
+    out: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "rows": [r.to_dict() for r in self.rows]}
+
+    def row(self, backend: str, batch: int, precision: str | None = None) -> BenchRow | None:
+        for r in self.rows:
+            if r.backend == backend and r.batch == batch and (precision is None or r.precision == precision):
+                return r
+        return None
+
+
+@dataclass
+class _Bench:
+    """What every cell of one run shares."""
+
+    options: BenchOptions
+    device: str
+    images: np.ndarray
+    labels: np.ndarray | None
+    reference: np.ndarray | None  # eager FP32 top-1 on ``images``
+    reporter: Reporter
+    debug: bool = False
+
+
+# -- setup ------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TLError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU here; use --device cpu (or auto)")
+    return device
+
+
+def _reference_model(targets: Targets):
+    """(model, spec, ckpt, path): the checkpoint TARGET, else the one an export.json names, else specs only."""
+    path = targets.checkpoint or targets.export_checkpoint
+    if path is None:
+        return None, spec_of_targets(targets), None, None
+    from tl.train.checkpoint import load_model
+
+    model, spec, ckpt = load_model(path)
+    return model, spec, ckpt, path
+
+
+def _make_runners(o: BenchOptions, targets: Targets, device: str, model, spec) -> list:
+    from tl.benchmarks.runners import ClassifierRunner, SkippedRunner, TorchRunner, available_ort_providers, model_size_mb
+    from tl.runtime.artifact import precision_from_name
+
+    explicit = o.backends is not None
+    wanted = o.backends if explicit else default_backends(device)
+    shape = (spec.input.channels, spec.input.height, spec.input.width)
+    torch_wanted = [b for b in TORCH_BACKENDS if b in wanted]  # eager FP32 first: everyone's reference
+    if model is None and torch_wanted and explicit:
+        raise TLError(f"--backends {','.join(torch_wanted)} needs a checkpoint or run folder TARGET")
+    size = model_size_mb(model) if model is not None else None
+    runners: list = [TorchRunner(model=model, backend=b, device=device, size_mb=size, input_shape=shape)
+                     for b in (torch_wanted if model is not None else [])]
+    onnx = [a for a in targets.artifacts if a.backend == "ort"]
+    engines = [a for a in targets.artifacts if a.backend == "trt"]
+    if "ort" in wanted:
+        if explicit and not onnx:
+            raise TLError("--backends ort needs an export folder (or .onnx file) TARGET; make one with 'tl export'")
+        providers = available_ort_providers(device)
+        for a in onnx:
+            runners += [ClassifierRunner(path=a.path, backend="ort", provider=p, threads=o.threads, expected_spec=spec,
+                                         device="cpu" if p == "CPUExecutionProvider" else device) for p in providers]
+            if not providers:
+                runners.append(SkippedRunner(backend="ort", precision=precision_from_name(a.path), device=device,
+                                             reason="no ONNX Runtime here: install onnxruntime", artifact=a.path.name))
+    if "trt" in wanted:
+        if explicit and not engines and wanted == ("trt",):
+            raise TLError("--backends trt needs an export folder with a TensorRT engine; build one with 'tl export --trt' on a GPU")
+        runners += [ClassifierRunner(path=a.path, backend="trt", device=device, build_s=a.build_s, expected_spec=spec)
+                    for a in engines]
+        if not engines and targets.artifacts and device == "cuda":
+            runners.append(SkippedRunner(backend="trt", precision="fp16", device=device, reason=_no_engine_reason()))
+    if not runners:
+        raise TLError("nothing to benchmark: give a checkpoint/run folder and/or an export folder, "
+                      "and --backends that match them")
+    return runners
+
+
+def _no_engine_reason() -> str:
+    from tl.runtime.gpu import NOT_INSTALLED, tensorrt_version
+
+    return NOT_INSTALLED if tensorrt_version() is None else "the export holds no TensorRT engine (tl export --trt)"
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if not n:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- one runner -------------------------------------------------------------------------------
+
+
+def _batch_of(x: np.ndarray, n: int) -> np.ndarray:
+    """n images from x, cycling when there are fewer (same data for every backend)."""
+    return np.ascontiguousarray(x[np.arange(n) % len(x)])
+
+
+def _logits_all(runner, x: np.ndarray) -> np.ndarray:
+    chunk = AGREEMENT_CHUNK if runner.max_batch is None else max(1, min(AGREEMENT_CHUNK, runner.max_batch))
+    outs = []
+    for i in range(0, len(x), chunk):
+        part = x[i: i + chunk]
+        outs.append(runner.infer(_batch_of(part, chunk))[: len(part)])  # padded: one shape for compile/engines
+    return np.concatenate(outs, axis=0)
+
+
+def _load(bench: _Bench, runner) -> tuple[str, str | None]:
+    from tl.benchmarks.runners import SkipCell, short_error
+
+    try:
+        runner.load()
+        return "ok", None
+    except SkipCell as e:
+        return "skipped", str(e)
+    except TLError as e:
+        return "failed", str(e)
+    except Exception as e:  # noqa: BLE001 - a broken runner must not stop the matrix
+        if bench.debug:
+            raise
+        return "failed", short_error(e)
+
+
+def _time_cell(bench: _Bench, runner, row: BenchRow) -> None:
+    from tl.benchmarks.timing import Stats, measure
+
+    b = row.batch
+    xb = _batch_of(bench.images, b)
+    timing = measure(lambda: runner.infer(xb), batch=b, options=bench.options.timing(), sync=runner.sync)
+    st = timing.stats
+    row.mean_ms, row.p50_ms, row.p90_ms, row.p99_ms = st.mean_ms, st.p50_ms, st.p90_ms, st.p99_ms
+    row.min_ms, row.max_ms, row.first_ms, row.throughput = st.min_ms, st.max_ms, timing.first_ms, timing.throughput
+    if runner.max_batch is None or b <= runner.max_batch:  # device time is per engine call
+        compute = runner.device_compute_ms(xb, iters=max(10, min(len(timing.samples_ms), 200)))
+        row.compute_ms = Stats.of(compute).mean_ms if compute else None
+    row.build_s = timing.first_ms / 1000.0 if runner.builds_per_batch else runner.build_s
+
+
+def _measure(bench: _Bench, runner, task) -> list[BenchRow]:
+    """One row per batch size; a runner broken from its first cell is not paid for again."""
+    from tl.benchmarks.runners import short_error
+
+    task.update(description=f"{runner.label} (loading)")
+    status, error = _load(bench, runner)
+    rows = []
+    for b in bench.options.batch_sizes:
+        row = BenchRow(backend=runner.backend, precision=runner.precision, provider=runner.provider, device=runner.device,
+                       batch=b, size_mb=runner.size_mb, artifact=runner.artifact, status=status, error=error)
+        rows.append(row)
+        if status == "ok":
+            task.update(description=f"{runner.label} b={b}")
+            try:
+                _time_cell(bench, runner, row)
+            except Exception as e:  # noqa: BLE001
+                if bench.debug:
+                    raise
+                oom = "out of memory" in str(e).lower() or type(e).__name__ in ("OutOfMemoryError", "MemoryError")
+                row.status, row.error = "failed", (f"out of memory at batch {b}: " if oom else "") + short_error(e)
+                _free_cuda(bench.device)
+                if not oom and all(r.status == "failed" for r in rows):
+                    status, error = "failed", f"{row.error} (at batch {b})"
+        task.advance()
+    return rows
+
+
+def _agreement(bench: _Bench, runner, rows: list[BenchRow]) -> None:
+    """Top-1 agreement with eager FP32 (and accuracy on labelled images), shared by the runner's rows."""
+    from tl.benchmarks.runners import short_error
+
+    ok = [r for r in rows if r.status == "ok"]
+    if not ok:
+        return
+    try:
+        top1 = _logits_all(runner, bench.images).argmax(axis=1)
+    except Exception as e:  # noqa: BLE001
+        if bench.debug:
+            raise
+        for r in ok:
+            r.error = f"agreement check failed: {short_error(e)}"
+        return
+    if runner.backend == "eager" and runner.precision == "fp32":
+        bench.reference = top1
+    for r in ok:
+        r.agreement = float((top1 == bench.reference).mean()) if bench.reference is not None else None
+        r.accuracy = float((top1 == bench.labels).mean()) if bench.labels is not None else None
+
+
+def _reference_top1(model, device: str, x: np.ndarray, *, shape) -> np.ndarray | None:
+    """Eager FP32 top-1 when no eager row is benchmarked: agreement still means 'vs eager FP32'."""
+    from tl.benchmarks.runners import TorchRunner
+
+    runner = TorchRunner(model=model, backend="eager", device=device, input_shape=shape)
+    try:
+        runner.load()
+        return _logits_all(runner, x).argmax(axis=1)
+    except Exception:  # noqa: BLE001 - without a reference, agreement stays empty
+        return None
+    finally:
+        runner.close()
+
+
+def _free_cuda(device: str) -> None:
+    if device != "cuda":
+        return
+    with contextlib.suppress(Exception):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _speedups(rows: list[BenchRow]) -> None:
+    base = {r.batch: r.throughput for r in rows
+            if r.backend == "eager" and r.precision == "fp32" and r.status == "ok" and r.throughput}
+    for r in rows:
+        if r.status == "ok" and r.throughput and r.batch in base:
+            r.speedup = r.throughput / base[r.batch]
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _environment(o: BenchOptions, device: str, spec, ckpt_path, targets: Targets, images: dict) -> dict[str, Any]:
+    from tl.benchmarks.report import bench_environment
+
+    env = bench_environment(device=device, threads=o.threads)
+    env.update({
+        "arch": spec.arch, "image_size": [spec.input.height, spec.input.width], "num_classes": spec.num_classes,
+        "checkpoint": str(ckpt_path) if ckpt_path else None,
+        "artifacts": [str(a.path) for a in targets.artifacts],
+        "images": images,
+        "timing": {"warmup": o.warmup, "seconds": None if o.iters else o.seconds, "iters": o.iters,
+                   "percentiles": "nearest-rank", "latency": "host input -> host output",
+                   "compute_ms": COMPUTE_MS_MEANING},
+        "batch_sizes": list(o.batch_sizes),
+    })
+    return env
+
+
+def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
+    """Measure every runner at every batch size; write bench.* into ``options.out`` when given."""
+    o = options
+    targets = resolve_targets(list(o.targets))
+    device = resolve_device(o.device)
+    model, spec, ckpt, ckpt_path = _reference_model(targets)
+    with _torch_threads(o.threads):
+        runners = _make_runners(o, targets, device, model, spec)
+        x, labels, source = bench_images(spec, ckpt=ckpt, val_dir=o.val_dir, limit=o.images)
+        images = {"source": source, "count": int(len(x)), "labelled": labels is not None}
+        env = _environment(o, device, spec, ckpt_path, targets, images)
+        reference = None
+        if model is not None and not any(r.backend == "eager" for r in runners):
+            reference = _reference_top1(model, device, x, shape=x.shape[1:])
+        bench = _Bench(options=o, device=device, images=x, labels=labels, reference=reference, reporter=reporter,
+                       debug=os.environ.get("TL_DEBUG", "") not in ("", "0"))
+        rows: list[BenchRow] = []
+        with reporter.task("bench", total=len(runners) * len(o.batch_sizes)) as task:
+            for runner in runners:
+                runner_rows = _measure(bench, runner, task)
+                task.update(description=f"{runner.label} agreement")
+                _agreement(bench, runner, runner_rows)
+                with contextlib.suppress(Exception):
+                    runner.close()
+                _free_cuda(device)
+                rows.extend(runner_rows)
+        _speedups(rows)
+    result = BenchResult(rows=rows, environment=env, images=images)
+    if o.out is not None:
+        from tl.benchmarks import report
+
+        result.out = Path(o.out)
+        result.files = report.write_all(result, Path(o.out))
+    return result

@@ -1,0 +1,72 @@
+"""What `tl bench` accepts: the backend names, every default and every check, defined once.
+
+Torch-free, so `tl bench --help` stays light; the CLI reads its defaults and choices here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tl.runtime.errors import TLError
+
+TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
+ARTIFACT_BACKENDS = ("ort", "trt")
+BACKENDS = TORCH_BACKENDS + ARTIFACT_BACKENDS
+DEVICES = ("auto", "cpu", "cuda")
+MAX_BATCH_SIZE = 4096
+
+
+def default_backends(device: str) -> tuple[str, ...]:
+    """Everything that runs on ``device``: fp16 autocast only on CUDA (CPU fp16 kernels are a crawl)."""
+    return BACKENDS if device == "cuda" else tuple(b for b in BACKENDS if b != "eager-fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """What to measure. ``backends=None`` means everything that can run on ``device``."""
+
+    targets: Sequence[str | Path]
+    device: str = "auto"
+    backends: Sequence[str] | None = None
+    batch_sizes: Sequence[int] = (1, 8, 32)
+    warmup: int = 3
+    seconds: float | None = 3.0
+    iters: int | None = None
+    val_dir: str | Path | None = None
+    out: str | Path | None = None
+    threads: int | None = None
+    images: int = 64  # benchmark images for agreement (all of --val-dir when given)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise TLError("give at least one TARGET: a checkpoint or run folder and/or an export folder")
+        if self.device not in DEVICES:
+            raise TLError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+        if self.backends is not None:
+            names = tuple(b.strip().lower() for b in self.backends if b.strip())
+            unknown = [b for b in names if b not in BACKENDS]
+            if unknown or not names:
+                raise TLError(f"--backends: unknown {', '.join(unknown) or '(empty)'}; choose from {','.join(BACKENDS)}")
+            object.__setattr__(self, "backends", names)
+        sizes = tuple(dict.fromkeys(int(b) for b in self.batch_sizes))
+        if not sizes or any(b < 1 for b in sizes):
+            raise TLError("--batch-sizes must be positive integers like 1,8,32 "
+                          f"(got {','.join(map(str, self.batch_sizes)) or 'none'})")
+        if max(sizes) > MAX_BATCH_SIZE:
+            raise TLError(f"--batch-sizes: {max(sizes)} is too large (at most {MAX_BATCH_SIZE})")
+        object.__setattr__(self, "batch_sizes", sizes)
+        checks = (
+            (self.threads is None or self.threads >= 1, f"--threads must be at least 1 (got {self.threads})"),
+            (self.images >= 1, f"--images must be at least 1 (got {self.images})"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise TLError(message)
+        self.timing()  # warm-up, iters and seconds are checked where TimingOptions defines them
+
+    def timing(self):
+        from tl.benchmarks.timing import TimingOptions
+
+        return TimingOptions(warmup=self.warmup, seconds=self.seconds, iters=self.iters)

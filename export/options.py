@@ -1,0 +1,96 @@
+"""What `tl export` accepts: every default, choice and check defined once (the CLI reads them here).
+
+Torch-free and onnx-free, so `tl export --help` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tl.runtime.errors import TLError
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+# 17 through torch.onnx's TorchScript exporter (TensorRT 8.6 parses up to 17); 18 and up
+# through the dynamo exporter, which cannot write anything older.
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 23, 20
+TORCHSCRIPT_OPSETS = (17,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """Which artifacts to write from ``checkpoint`` into ``out``, and how to check them.
+
+    Formats: ``onnx`` keeps model.onnx (FP32); ``fp16``, ``int8`` and ``trt`` add their
+    artifacts and build model.onnx as their source without keeping it. No format at all
+    means ``onnx``.
+    """
+
+    checkpoint: str | Path
+    out: str | Path | None = None  # default: exports/<run folder name>
+    onnx: bool = False
+    fp16: bool = False
+    int8: bool = False
+    trt: bool = False  # model.fp16.plan (+ model.int8.plan with int8); implies fp16
+    opset: int = DEFAULT_OPSET
+    max_batch: int = 32
+    min_batch: int = 1
+    opt_batch: int = 8
+    calib_dir: str | Path | None = None
+    calib_count: int = 256
+    calib_method: str = "minmax"
+    val_dir: str | Path | None = None
+    parity_count: int = 256
+    workspace: float = 4.0  # GiB, TensorRT builder workspace
+    opt_level: int | None = None  # TensorRT builder optimization level 0-5; None: TensorRT's default
+    device: int = 0
+
+    def __post_init__(self) -> None:
+        checks = (
+            (MIN_OPSET <= self.opset <= MAX_OPSET,
+             f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (got {self.opset}); "
+             f"17 is what TensorRT 8.6 parses, {DEFAULT_OPSET} is the default"),
+            (self.max_batch >= 2, f"--max-batch must be at least 2 (got {self.max_batch})"),
+            (self.calib_method in CALIB_METHODS,
+             f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})"),
+            (self.calib_count >= 1, f"--calib-count must be at least 1 (got {self.calib_count})"),
+            (self.parity_count >= 1, f"--parity-count must be at least 1 (got {self.parity_count})"),
+            (self.workspace > 0 and math.isfinite(self.workspace),
+             f"--workspace must be a positive number of GiB (got {self.workspace})"),
+            (self.opt_level is None or 0 <= self.opt_level <= 5,
+             f"--opt-level must be between 0 and 5 (got {self.opt_level})"),
+            (self.device >= 0, f"--device must be a GPU index, 0 or more (got {self.device})"),
+            (self.calib_dir is None or Path(self.calib_dir).is_dir(), f"--calib-dir: folder not found: {self.calib_dir}"),
+            (self.val_dir is None or Path(self.val_dir).is_dir(), f"--val-dir: folder not found: {self.val_dir}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise TLError(message)
+        if self.trt:
+            if self.min_batch < 1:
+                raise TLError(f"--min-batch must be at least 1 (got {self.min_batch})")
+            if not self.min_batch <= self.opt_batch <= self.max_batch:
+                raise TLError("batch sizes must satisfy --min-batch <= --opt-batch <= --max-batch "
+                              f"(got {self.min_batch}, {self.opt_batch}, {self.max_batch})")
+
+    @property
+    def keep_onnx(self) -> bool:
+        """model.onnx is an output (asked for, or nothing else was), not only a source."""
+        return self.onnx or not (self.fp16 or self.int8 or self.trt)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """ONNX artifacts to write, in order: fp32 always (every other derives from it)."""
+        return ("fp32",) + (("fp16",) if self.fp16 or self.trt else ()) + (("int8",) if self.int8 else ())
+
+    @property
+    def engine_precisions(self) -> tuple[str, ...]:
+        return (("fp16",) + (("int8",) if self.int8 else ())) if self.trt else ()
+
+    def output_dir(self) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        p = Path(self.checkpoint)
+        run = p if p.is_dir() else p.parent
+        return Path("exports") / (run.name or "model")
