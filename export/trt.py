@@ -19,13 +19,13 @@ probe, the build record) is a plain function, tested on any machine.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from tl.runtime.errors import TLError
+from tl.runtime.files import sha256_file
 from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_tensorrt, trt_create
 from tl.runtime.sidecar import BuildRecord
 from tl.runtime.spec import ModelSpec
@@ -121,14 +121,6 @@ def profile_shapes(spec: ModelSpec, options: TrtOptions) -> dict[str, list[int]]
 
 def engine_name(precision: str) -> str:
     return f"model.{precision}.plan"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: GpuDevice,

@@ -202,7 +202,7 @@ def trt_create(factory: Callable[..., Any], *args: Any, what: str) -> Any:
     try:
         obj = factory(*args)
     except TypeError as e:
-        if "nullptr" not in str(e):
+        if "returned nullptr" not in str(e):
             raise
         obj = None
     if obj is None:

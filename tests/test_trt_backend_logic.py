@@ -98,15 +98,9 @@ def test_cuda_call_unwraps_and_raises():
 
 
 def _has_trt_gpu() -> bool:
-    try:
-        import tensorrt  # noqa: F401
+    from tl.runtime.gpu import tensorrt_usable
 
-        from tl.runtime.backends.tensorrt import gpu_compute_capability, import_cudart
-
-        gpu_compute_capability(import_cudart(), 0)
-        return True
-    except (ImportError, TLError, RuntimeError):
-        return False
+    return tensorrt_usable(0)
 
 
 needs_trt = pytest.mark.skipif(not _has_trt_gpu(), reason="needs TensorRT, cuda-python and an NVIDIA GPU")

@@ -55,6 +55,33 @@ def resolve_providers(requested, available: list[str]) -> list[str]:
     return chosen
 
 
+def trt_ep_options(spec: ModelSpec, *, precision: str, profile_max: int, device: int, cache: Path) -> dict:
+    """TensorRT EP options for one ONNX file.
+
+    ``cache`` is keyed by the file's sha256: ORT names cached engines by file and node
+    names, never by weights, so a retrained model.onnx would otherwise load the previous
+    model's engine. FP16 is enabled only for fp16 files (an fp32 file then really runs in
+    FP32, as ``precision`` says); a QDQ file runs its Q/DQ layers in INT8 and may put the
+    others in FP16, like tl's own INT8 engines.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    c, h, w = spec.input.channels, spec.input.height, spec.input.width
+    name = spec.input.name
+    opt = min(8, profile_max)
+    return {
+        "device_id": device,
+        "trt_fp16_enable": precision in ("fp16", "int8"),
+        "trt_int8_enable": precision == "int8",  # Q/DQ graph: explicit quantization, no calibration table
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": f"{name}:1x{c}x{h}x{w}",
+        "trt_profile_opt_shapes": f"{name}:{opt}x{c}x{h}x{w}",
+        "trt_profile_max_shapes": f"{name}:{profile_max}x{c}x{h}x{w}",
+    }
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -117,25 +144,11 @@ class OnnxRuntimeBackend:
         return spec_from_metadata(self.meta.metadata, self.path)
 
     def _trt_options(self, cache_dir, profile_max: int) -> dict:
-        cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        c, h, w = self.spec.input.channels, self.spec.input.height, self.spec.input.width
-        name = self.spec.input.name
-        opt = min(8, profile_max)
-        opts = {
-            "device_id": self.device,
-            "trt_fp16_enable": True,
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(cache),
-            "trt_profile_min_shapes": f"{name}:1x{c}x{h}x{w}",
-            "trt_profile_opt_shapes": f"{name}:{opt}x{c}x{h}x{w}",
-            "trt_profile_max_shapes": f"{name}:{profile_max}x{c}x{h}x{w}",
-        }
-        if self.precision == "int8":
-            opts["trt_int8_enable"] = True  # Q/DQ graph: explicit quantization, no calibration table
-        return opts
+        from tl.runtime.files import sha256_file
+
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        return trt_ep_options(self.spec, precision=self.precision, profile_max=profile_max, device=self.device,
+                              cache=root / sha256_file(self.path)[:16])
 
     # -- inference ------------------------------------------------------------------
     def run(self, batch: np.ndarray) -> np.ndarray:
