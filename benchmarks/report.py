@@ -272,8 +272,19 @@ def write_png(result: "BenchResult", path: Path) -> Path:
             # Above the whisker, so the number never sits on the line.
             ax_lat.text(x, max(r.p50_ms, r.p90_ms or 0) * 1.02, f" {r.p50_ms:.1f}" if r.p50_ms < 100 else f" {r.p50_ms:.0f}",
                         ha="center", va="bottom", fontsize=7, rotation=90 if n > 3 else 0)
+    _style_axes(ax_lat, ax_thr, rows, batches)
+    hw = env.get("gpu") or f"{env.get('cpu')} ({env.get('cpu_threads')} threads)"
+    size = "x".join(map(str, env.get("image_size") or []))
+    fig.suptitle(f"{env.get('arch')} {size} on {hw} [{env.get('device')}]", fontsize=11, fontweight="bold")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _style_axes(ax_lat, ax_thr, rows: list["BenchRow"], batches: list[int]) -> None:
+    """Ticks, grid, scales (log latency when the spread is wide), labels and the legend."""
     for ax in (ax_lat, ax_thr):
-        ax.set_xticks(xs, [f"batch {b}" for b in batches])
+        ax.set_xticks(list(range(len(batches))), [f"batch {b}" for b in batches])
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.spines[["top", "right"]].set_visible(False)
@@ -290,12 +301,6 @@ def write_png(result: "BenchResult", path: Path) -> Path:
     ax_thr.set_title("Throughput at p50 (label: img/s, speedup vs eager fp32)")
     ax_thr.set_ylim(0, max([r.throughput for r in rows if r.status == "ok" and r.throughput] or [1]) * 1.22)
     ax_thr.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
-    hw = env.get("gpu") or f"{env.get('cpu')} ({env.get('cpu_threads')} threads)"
-    size = "x".join(map(str, env.get("image_size") or []))
-    fig.suptitle(f"{env.get('arch')} {size} on {hw} [{env.get('device')}]", fontsize=11, fontweight="bold")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
 
 
 def write_all(result: "BenchResult", out: Path) -> dict[str, Path]:

@@ -227,10 +227,48 @@ def use_timing_cache(config, path: Path) -> str:
 
 # -- the build ----------------------------------------------------------------------------
 
+def _network(trt, logger, route: Route, onnx_path: Path):
+    """(builder, network) with the ONNX file parsed into it; INT8 files lose their int32-bias DQ first."""
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")
+    builder = trt_create(trt.Builder, logger, what="builder")
+    flags = 0
+    for name in route.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    onnx_bytes = onnx_path.read_bytes()
+    if route.precision == "int8":
+        import onnx
+
+        proto = onnx.load_from_string(onnx_bytes)
+        if fold_int32_dequantize(proto):
+            onnx_bytes = proto.SerializeToString()
+    if not parser.parse(onnx_bytes):
+        errors = parser_errors(parser)
+        raise TLError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors or ["(no details)"]))
+    return builder, network
+
+
+def _config(trt, builder, network, route: Route, options: TrtOptions, features: TrtFeatures, shapes: dict):
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    if options.opt_level is not None and features.optimization_level:
+        config.builder_optimization_level = int(options.opt_level)
+    for name in route.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, min=tuple(shapes["min"]), opt=tuple(shapes["opt"]),
+                      max=tuple(shapes["max"]))
+    config.add_optimization_profile(profile)
+    return config
+
+
 def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, options: TrtOptions = TrtOptions(),
                  device: int = 0, sources: Sequence[str | Path] = ()) -> tuple[Path, BuildRecord]:
     """Build ``out_dir/model.<precision>.plan`` (+ sidecar) from the ONNX file the route needs,
     looked up in ``sources`` (default: ``out_dir``)."""
+    from tl import __version__ as tl_version
     from tl.runtime.files import atomic_write_bytes
     from tl.runtime.sidecar import write_sidecar
 
@@ -247,41 +285,10 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     if not onnx_path.is_file():
         raise TLError(f"{onnx_path} is missing; export it first (tl export --onnx{' --int8' if precision == 'int8' else ''})")
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    if hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(logger, "")
-    builder = trt_create(trt.Builder, logger, what="builder")
-    flags = 0
-    for name in route.network_flags:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    onnx_bytes = onnx_path.read_bytes()
-    if precision == "int8":
-        import onnx
-
-        proto = onnx.load_from_string(onnx_bytes)
-        if fold_int32_dequantize(proto):
-            onnx_bytes = proto.SerializeToString()
-    if not parser.parse(onnx_bytes):
-        errors = parser_errors(parser)
-        raise TLError(f"TensorRT could not parse {onnx_path.name}:\n  " + "\n  ".join(errors or ["(no details)"]))
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
-    if options.opt_level is not None and features.optimization_level:
-        config.builder_optimization_level = int(options.opt_level)
-    for name in route.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-
-    profile = builder.create_optimization_profile()
-    inp = network.get_input(0)
-    profile.set_shape(inp.name, min=tuple(shapes["min"]), opt=tuple(shapes["opt"]), max=tuple(shapes["max"]))
-    config.add_optimization_profile(profile)
-
+    builder, network = _network(trt, trt.Logger(trt.Logger.WARNING), route, onnx_path)
+    config = _config(trt, builder, network, route, options, features, shapes)
     cache_path = out_dir / TIMING_CACHE
     cache_state = use_timing_cache(config, cache_path) if options.timing_cache else None
-
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
@@ -290,9 +297,6 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
                       "try a larger --workspace or a smaller --max-batch (TL_DEBUG=1 and the log above have details)")
     if options.timing_cache:
         atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
-
-    from tl import __version__ as tl_version
-
     record = build_record(spec=spec, route=route, options=options, features=features, gpu=gpu,
                           onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
                           tl_version=str(tl_version), timing_cache=cache_state)

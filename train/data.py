@@ -175,25 +175,13 @@ def prepare_data(root: str | os.PathLike, *, val_split: float = 0.2, seed: int =
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise TLError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad to skip bad images")
-    if bad:
-        bad_set = {p for p, _ in bad}
-        keep = [i for i, p in enumerate(train_files) if p not in bad_set]
-        train_files, train_labels = [train_files[i] for i in keep], [train_labels[i] for i in keep]
-        keep = [i for i, p in enumerate(val_files) if p not in bad_set]
-        val_files, val_labels = [val_files[i] for i in keep], [val_labels[i] for i in keep]
+    bad_set = {p for p, _ in bad}
+    train_files, train_labels = _without(bad_set, train_files, train_labels)
+    val_files, val_labels = _without(bad_set, val_files, val_labels)
 
     if split is not None:
-        files, labels = train_files, train_labels
-        _require_every_class(classes, labels, root_for_classes, "")
-        for i, c in enumerate(classes):
-            if labels.count(i) < 2:
-                raise TLError(
-                    f"class folder {root_for_classes / c} has only 1 usable image; "
-                    "a validation split needs at least 2 per class"
-                )
-        tr, va = stratified_split(labels, fraction=split, seed=seed)
-        train_files, train_labels = [files[i] for i in tr], [labels[i] for i in tr]
-        val_files, val_labels = [files[i] for i in va], [labels[i] for i in va]
+        train_files, train_labels, val_files, val_labels = _split(classes, train_files, train_labels,
+                                                                  root_for_classes, split, seed)
     else:
         _require_every_class(classes, train_labels, train_dir, " after skipping bad images")
         _require_every_class(classes, val_labels, val_dir, " after skipping bad images")
@@ -203,6 +191,22 @@ def prepare_data(root: str | os.PathLike, *, val_split: float = 0.2, seed: int =
         val_files=val_files, val_labels=val_labels, train_dir=train_dir, val_dir=used_val_dir,
         val_split=split, seed=int(seed), skipped=bad,
     )
+
+
+def _without(bad: set, files: list[Path], labels: list[int]) -> tuple[list[Path], list[int]]:
+    keep = [i for i, p in enumerate(files) if p not in bad]
+    return [files[i] for i in keep], [labels[i] for i in keep]
+
+
+def _split(classes: list[str], files: list[Path], labels: list[int], folder: Path, fraction: float, seed: int):
+    """A stratified train/val split of one folder of class folders (every class needs 2 images)."""
+    _require_every_class(classes, labels, folder, "")
+    for i, c in enumerate(classes):
+        if labels.count(i) < 2:
+            raise TLError(f"class folder {folder / c} has only 1 usable image; "
+                          "a validation split needs at least 2 per class")
+    tr, va = stratified_split(labels, fraction=fraction, seed=seed)
+    return [files[i] for i in tr], [labels[i] for i in tr], [files[i] for i in va], [labels[i] for i in va]
 
 
 def _require_every_class(classes: list[str], labels: list[int], folder: Path, why: str) -> None:

@@ -96,6 +96,11 @@ class TensorRTBackend:
         self.precision = self.build.precision if self.build else precision_from_name(self.path)
         self.providers = [f"TensorRT {trt.__version__} on GPU {self.device} ({gpu.name or 'cc ' + cc})"]
 
+        self._deserialize()
+        self._bind()
+
+    def _deserialize(self) -> None:
+        trt, cudart = self.trt, self.cudart
         cuda_call(cudart, cudart.cudaSetDevice(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt_create(trt.Runtime, self.logger, what="runtime")
@@ -105,6 +110,9 @@ class TensorRTBackend:
                           "rebuild it on this device with 'tl export CHECKPOINT --trt'")
         self.context = self.engine.create_execution_context()
 
+    def _bind(self) -> None:
+        """Find the I/O tensors and the batch range, allocate buffers at the profile's max, set addresses."""
+        trt, cudart = self.trt, self.cudart
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
