@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,6 +160,26 @@ def test_patience_stops_early(tmp_path):
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3
+
+
+def test_options_are_checked_when_built():
+    """TrainOptions refuses a bad value itself, with the flag's name, before any work starts."""
+    from tl.runtime.errors import TLError
+
+    cases = [
+        (dict(data=None), "no data folder given"),
+        (dict(arch="alexnet"), "--arch must be one of"),
+        (dict(freeze="all"), "--freeze must be one of none, features"),
+        (dict(resize_mode="crop"), "--resize-mode must be one of"),
+        (dict(interpolation="area"), "--interpolation must be one of"),
+        (dict(epochs=0), "--epochs must be at least 1"),
+        (dict(val_split=1.0), "--val-split must be between 0 and 1"),
+        (dict(device="tpu"), "--device must be auto, cpu, cuda or cuda:N"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(TLError, match=re.escape(message)):
+            TrainOptions(**{"data": "images", **kw})
+    assert TrainOptions(data="images", device="cuda:1").device == "cuda:1"  # availability is checked by fit
 
 
 def test_ctrl_c_writes_last_pt_and_exits_cleanly(synth_data, tmp_path):

@@ -9,11 +9,9 @@ as an uninterrupted run would on CPU.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,102 +24,12 @@ from torch.utils.data import DataLoader
 
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_text
-from tl.runtime.spec import INTERPOLATIONS, RESIZE_MODES, ModelSpec
+from tl.runtime.spec import ModelSpec
 from tl.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from tl.train.data import ImageFileDataset, RunData, prepare_data
-from tl.train.models import ARCHS, build_model, freeze
-from tl.train.transforms import AUGMENTS, denormalize, eval_transform, train_transform
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("step", "cosine")
-FREEZE = ("none", "features")
-
-
-@dataclass(kw_only=True)
-class TrainOptions:
-    """Everything `tl train` accepts; defaults are the seed's recipe."""
-
-    data: str | Path | None = None
-    out: str | Path | None = None  # default runs/<timestamp>, or the resumed run's folder
-    arch: str = "vgg16"
-    weights: str = "imagenet"  # imagenet | none | PATH to a torchvision state_dict
-    freeze: str = "none"  # features: train only the head
-    image_size: int = 224
-    resize_mode: str = "squash"
-    resize_size: int | None = None
-    interpolation: str = "bilinear"
-    augment: str = "seed"
-    epochs: int = 25
-    batch_size: int = 8
-    optimizer: str = "sgd"
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    scheduler: str = "step"
-    step_size: int = 7
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
-    val_split: float = 0.2
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True
-    channels_last: bool = True
-    skip_bad: bool = False
-    resume: str | Path | None = None
-    progress: bool = True
-
-    def validate(self) -> None:
-        def choice(name: str, value: str, allowed) -> None:
-            if value not in allowed:
-                raise TLError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {value!r})")
-
-        if self.data is None:
-            raise TLError("no data folder given: tl train DATA (a folder of class sub-folders)")
-        choice("arch", self.arch, ARCHS)
-        choice("freeze", self.freeze, FREEZE)
-        choice("augment", self.augment, AUGMENTS)
-        choice("optimizer", self.optimizer, OPTIMIZERS)
-        choice("scheduler", self.scheduler, SCHEDULERS)
-        choice("resize_mode", self.resize_mode, RESIZE_MODES)
-        choice("interpolation", self.interpolation, INTERPOLATIONS)
-        checks = (
-            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
-            (self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number (got {self.lr})"),
-            (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
-            (self.step_size >= 1, f"--step-size must be at least 1 (got {self.step_size})"),
-            (self.gamma > 0, f"--gamma must be > 0 (got {self.gamma})"),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})"),
-            (self.patience >= 0, f"--patience must be >= 0 (got {self.patience}); 0 turns early stopping off"),
-            (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (got {self.val_split})"),
-            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise TLError(message)
-
-    def to_args(self) -> dict[str, Any]:
-        """Plain values for the checkpoint's "args"."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def for_resume(cls, checkpoint: str | Path, **overrides: Any) -> "TrainOptions":
-        """The options a run was started with (from its last.pt), with ``overrides`` applied."""
-        ckpt = load_checkpoint(checkpoint)
-        names = {f.name for f in dataclasses.fields(cls)}
-        args = {k: v for k, v in dict(ckpt.get("args") or {}).items() if k in names}
-        if isinstance(ckpt.get("data"), dict) and ckpt["data"].get("root"):
-            args["data"] = ckpt["data"]["root"]  # absolute: resuming from another folder still works
-        args.update(overrides)
-        args["resume"] = str(checkpoint)
-        if overrides.get("out") is None:
-            args["out"] = str(Path(ckpt["path"]).parent)
-        return cls(**args)
-
+from tl.train.models import build_model, freeze
+from tl.train.options import TrainOptions, parse_device
+from tl.train.transforms import denormalize, eval_transform, train_transform
 
 @dataclass
 class TrainResult:
@@ -146,17 +54,15 @@ class TrainResult:
 
 def resolve_device(name: str) -> torch.device:
     """auto | cpu | cuda | cuda:N -> torch.device, with an error that says what to use instead."""
-    name = str(name).strip().lower()
-    if name == "auto":
+    kind, index = parse_device(name)
+    if kind == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cpu":
+    if kind == "cpu":
         return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if not m:
-        raise TLError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})")
+    name = str(name).strip().lower()
     if not torch.cuda.is_available():
         raise TLError(f"--device {name}: CUDA is not available here (no GPU, or a CPU-only torch); use --device cpu")
-    index = int(m.group(1)) if m.group(1) is not None else torch.cuda.current_device()
+    index = torch.cuda.current_device() if index is None else index
     count = torch.cuda.device_count()
     if index >= count:
         raise TLError(f"--device {name}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
@@ -320,7 +226,6 @@ def fit(options: TrainOptions, *, console=None) -> TrainResult:
     from rich.console import Console
 
     console = console or Console()
-    options.validate()
     resume_ckpt = None
     if options.resume is not None:
         resume_ckpt = load_checkpoint(options.resume)
