@@ -226,7 +226,7 @@ def test_bad_options(tl_cli, synth_data, tmp_path, cli_run):
         (("--image-size", "8"), "--image-size"),
         (("--label-smoothing", "1"), "--label-smoothing"),
         (("--patience", "-1"), "--patience"),
-        (("--arch", "alexnet"), "--arch must be one of"),
+        (("--arch", "alexnet"), "'alexnet' is not one of"),
         (("--weights", tmp_path / "nope.pth"), "file not found"),
         (("--optimizer", "rmsprop"), "optimizer"),
     ]
