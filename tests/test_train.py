@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from PIL import Image
 
 from conftest import REPO, assert_user_error
 from tl.runtime.images import preprocess
+from tl.runtime.progress import Reporter, Task
 from tl.runtime.spec import ModelSpec
 from tl.train import TrainOptions, fit
 from tl.train.checkpoint import load_model
@@ -151,15 +153,66 @@ def test_freeze_features_trains_only_the_head(synth_data, tmp_path):
     assert sum(len(g["params"]) for g in opt["param_groups"]) == 2
 
 
-def test_patience_stops_early(tmp_path):
+@dataclass
+class RecordedTask(Task):
+    description: str
+    total: int | None
+    updates: list[dict] = field(default_factory=list)
+    advanced: int = 0
+    closed: bool = False
+
+    def advance(self, n=1):
+        self.advanced += n
+
+    def update(self, **fields):
+        self.updates.append(fields)
+
+    def close(self):
+        self.closed = True
+
+
+class RecordingReporter(Reporter):
+    """Keeps what fit reports, to check it goes through the reporter and nowhere else."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.tasks: list[RecordedTask] = []
+
+    def task(self, description, total=None):
+        self.tasks.append(RecordedTask(description, total))
+        return self.tasks[-1]
+
+    def info(self, text):
+        self.lines.append(text)
+
+    def warning(self, text):
+        self.lines.append(f"warning: {text}")
+
+
+def test_patience_stops_early(tmp_path, capsys):
     from tl.train.synth import SynthOptions, make_dataset
 
     # VGG has no BatchNorm: with a vanishing lr the val accuracy cannot change, so patience must trigger.
     data = make_dataset(tmp_path / "data", SynthOptions(classes=2, per_class=6, size=32, seed=0))
-    r = fit(_tiny(data, tmp_path / "run", arch="vgg11", lr=1e-12, epochs=6, patience=2, augment="none"))
+    reporter = RecordingReporter()
+    capsys.readouterr()
+    r = fit(_tiny(data, tmp_path / "run", arch="vgg11", lr=1e-12, epochs=6, patience=2, augment="none"),
+            reporter=reporter)
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3
+    # The library prints nothing; everything went to the reporter.
+    assert capsys.readouterr().out == ""
+    assert reporter.lines[0].startswith("tl train vgg11 (weights: none,") and "2 classes" in reporter.lines[0]
+    assert [line.split("  ")[0] for line in reporter.lines[1:4]] == ["epoch 1/6", "epoch 2/6", "epoch 3/6"]
+    assert reporter.lines[1].endswith("  best") and not reporter.lines[2].endswith("best")
+    assert reporter.lines[4].startswith("early stop: val accuracy has not improved for 2 epochs")
+    assert [t.description for t in reporter.tasks] == ["epoch 1/6", "  validate", "epoch 2/6", "  validate",
+                                                       "epoch 3/6", "  validate"]
+    assert all(t.closed for t in reporter.tasks)
+    train_task, val_task = reporter.tasks[0], reporter.tasks[1]
+    assert train_task.updates[-1]["completed"] == train_task.total and "loss" in train_task.updates[-1]["note"]
+    assert val_task.advanced == val_task.total
 
 
 def test_options_are_checked_when_built():

@@ -95,11 +95,17 @@ def train(ctx, data_dir, resume, no_progress, **kwargs):
     """
     import sys
 
+    from tl.console import RichReporter, stdout_console
     from tl.train.loop import fit
+    from tl.train.report import print_summary
 
-    result = fit(_train_options(ctx, data_dir, resume, progress=not no_progress, given=kwargs))
+    options = _train_options(ctx, data_dir, resume, progress=not no_progress, given=kwargs)
+    console = stdout_console()
+    with RichReporter(console=console, progress=options.progress) as reporter:
+        result = fit(options, reporter=reporter)
     if result.interrupted:
         sys.exit(130)
+    print_summary(result, console=console)
 
 
 def _train_options(ctx: click.Context, data_dir, resume, *, progress: bool, given: dict) -> TrainOptions:
