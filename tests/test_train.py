@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from PIL import Image
 
 from conftest import REPO, assert_user_error
 from tl.runtime.images import preprocess
+from tl.runtime.progress import Reporter, Task
 from tl.runtime.spec import ModelSpec
 from tl.train import TrainOptions, fit
 from tl.train.checkpoint import load_model
@@ -150,15 +153,86 @@ def test_freeze_features_trains_only_the_head(synth_data, tmp_path):
     assert sum(len(g["params"]) for g in opt["param_groups"]) == 2
 
 
-def test_patience_stops_early(tmp_path):
+@dataclass
+class RecordedTask(Task):
+    description: str
+    total: int | None
+    updates: list[dict] = field(default_factory=list)
+    advanced: int = 0
+    closed: bool = False
+
+    def advance(self, n=1):
+        self.advanced += n
+
+    def update(self, **fields):
+        self.updates.append(fields)
+
+    def close(self):
+        self.closed = True
+
+
+class RecordingReporter(Reporter):
+    """Keeps what fit reports, to check it goes through the reporter and nowhere else."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.tasks: list[RecordedTask] = []
+
+    def task(self, description, total=None):
+        self.tasks.append(RecordedTask(description, total))
+        return self.tasks[-1]
+
+    def info(self, text):
+        self.lines.append(text)
+
+    def warning(self, text):
+        self.lines.append(f"warning: {text}")
+
+
+def test_patience_stops_early(tmp_path, capsys):
     from tl.train.synth import SynthOptions, make_dataset
 
     # VGG has no BatchNorm: with a vanishing lr the val accuracy cannot change, so patience must trigger.
     data = make_dataset(tmp_path / "data", SynthOptions(classes=2, per_class=6, size=32, seed=0))
-    r = fit(_tiny(data, tmp_path / "run", arch="vgg11", lr=1e-12, epochs=6, patience=2, augment="none"))
+    reporter = RecordingReporter()
+    capsys.readouterr()
+    r = fit(_tiny(data, tmp_path / "run", arch="vgg11", lr=1e-12, epochs=6, patience=2, augment="none"),
+            reporter=reporter)
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3
+    # The library prints nothing; everything went to the reporter.
+    assert capsys.readouterr().out == ""
+    assert reporter.lines[0].startswith("tl train vgg11 (weights: none,") and "2 classes" in reporter.lines[0]
+    assert [line.split("  ")[0] for line in reporter.lines[1:4]] == ["epoch 1/6", "epoch 2/6", "epoch 3/6"]
+    assert reporter.lines[1].endswith("  best") and not reporter.lines[2].endswith("best")
+    assert reporter.lines[4].startswith("early stop: val accuracy has not improved for 2 epochs")
+    assert [t.description for t in reporter.tasks] == ["epoch 1/6", "  validate", "epoch 2/6", "  validate",
+                                                       "epoch 3/6", "  validate"]
+    assert all(t.closed for t in reporter.tasks)
+    train_task, val_task = reporter.tasks[0], reporter.tasks[1]
+    assert train_task.updates[-1]["completed"] == train_task.total and "loss" in train_task.updates[-1]["note"]
+    assert val_task.advanced == val_task.total
+
+
+def test_options_are_checked_when_built():
+    """TrainOptions refuses a bad value itself, with the flag's name, before any work starts."""
+    from tl.runtime.errors import TLError
+
+    cases = [
+        (dict(data=None), "no data folder given"),
+        (dict(arch="alexnet"), "--arch must be one of"),
+        (dict(freeze="all"), "--freeze must be one of none, features"),
+        (dict(resize_mode="crop"), "--resize-mode must be one of"),
+        (dict(interpolation="area"), "--interpolation must be one of"),
+        (dict(epochs=0), "--epochs must be at least 1"),
+        (dict(val_split=1.0), "--val-split must be between 0 and 1"),
+        (dict(device="tpu"), "--device must be auto, cpu, cuda or cuda:N"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(TLError, match=re.escape(message)):
+            TrainOptions(**{"data": "images", **kw})
+    assert TrainOptions(data="images", device="cuda:1").device == "cuda:1"  # availability is checked by fit
 
 
 def test_ctrl_c_writes_last_pt_and_exits_cleanly(synth_data, tmp_path):
@@ -205,7 +279,7 @@ def test_bad_options(tl_cli, synth_data, tmp_path, cli_run):
         (("--image-size", "8"), "--image-size"),
         (("--label-smoothing", "1"), "--label-smoothing"),
         (("--patience", "-1"), "--patience"),
-        (("--arch", "alexnet"), "--arch must be one of"),
+        (("--arch", "alexnet"), "'alexnet' is not one of"),
         (("--weights", tmp_path / "nope.pth"), "file not found"),
         (("--optimizer", "rmsprop"), "optimizer"),
     ]

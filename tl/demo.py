@@ -71,11 +71,16 @@ def step_train(ctx: DemoContext) -> None:
     """Train from scratch on CPU; a previous demo run in OUT/run is replaced."""
     import shutil
 
+    from tl.console import RichReporter
     from tl.train import TrainOptions, fit
+    from tl.train.report import print_summary
 
     if ctx.run_dir.exists():
         shutil.rmtree(ctx.run_dir)
-    result = fit(TrainOptions(data=ctx.data_dir, out=ctx.run_dir, **DEMO_TRAIN), console=ctx.console)
+    with RichReporter(console=ctx.console) as reporter:
+        result = fit(TrainOptions(data=ctx.data_dir, out=ctx.run_dir, **DEMO_TRAIN), reporter=reporter)
+    if not result.interrupted:
+        print_summary(result, console=ctx.console)
     ctx.results["train"] = result
     chance = 1.0 / DEMO_DATA["classes"]
     ctx.console.print(f"[bold]train[/]: val accuracy {result.best_val_acc:.3f} (chance {chance:.2f}) "

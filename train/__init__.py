@@ -5,10 +5,12 @@ Exports are lazy so that `tl --help` (which imports tl.train.cli) never imports 
 
 __all__ = ["fit", "TrainOptions", "TrainResult"]
 
+_HOMES = {"fit": "tl.train.loop", "TrainResult": "tl.train.loop", "TrainOptions": "tl.train.options"}
+
 
 def __getattr__(name):
-    if name in __all__:
-        from tl.train import loop
+    if name in _HOMES:
+        import importlib
 
-        return getattr(loop, name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'tl.train' has no attribute {name!r}")

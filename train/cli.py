@@ -1,13 +1,28 @@
 """`tl data synth` and `tl train`: thin click layers over tl.train.synth and tl.train.fit.
 
-Only click is imported here at top level, so `tl --help` never imports torch.
+Top level imports only click and tl.train.options (torch-free), so `tl --help` never
+imports torch; `tl train`'s defaults and choices come from TrainOptions and its constants.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-_ARCHS_HELP = "vgg11/13/16/19[_bn], resnet18/34/50, mobilenet_v3_small/large, efficientnet_b0"
+from tl.train.options import (ARCHS, AUGMENTS, FREEZE, INTERPOLATIONS, OPTIMIZERS, RESIZE_MODES, SCHEDULERS,
+                              TrainOptions)
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
+
+
+def _option(name: str, help: str | None = None, **kwargs):
+    """``--name`` for the TrainOptions field ``name``, with the field's default (a bool: --name/--no-name)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(_DEFAULTS[name], bool) and not kwargs.get("is_flag"):
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    kwargs.setdefault("show_default", True)
+    return click.option(flag, name, default=_DEFAULTS[name], help=help, **kwargs)
 
 
 @click.group()
@@ -41,37 +56,34 @@ def synth(out, classes, per_class, size, seed, val_fraction):
 @click.command()
 @click.argument("data_dir", metavar="DATA", required=False, type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/<timestamp>].")
-@click.option("--arch", default="vgg16", show_default=True, help=_ARCHS_HELP)
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (torchvision's cache/download), none, or PATH to a torchvision state_dict.")
-@click.option("--freeze", type=click.Choice(["none", "features"]), default="none", show_default=True,
-              help="features: train only the new head (feature extraction).")
-@click.option("--image-size", default=224, show_default=True, help="Model input H = W.")
-@click.option("--resize-mode", type=click.Choice(["squash", "shorter"]), default="squash", show_default=True,
-              help="Eval/deploy resize: squash to HxW (the seed), or shorter side + center crop.")
-@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest", "lanczos"]),
-              default="bilinear", show_default=True)
-@click.option("--augment", type=click.Choice(["seed", "standard", "none"]), default="seed", show_default=True,
-              help="seed: Resize+ColorJitter+RandomAffine; standard: RandomResizedCrop+flip.")
-@click.option("--epochs", default=25, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--lr", default=0.001, show_default=True, type=float)
-@click.option("--momentum", default=0.9, show_default=True, type=float, help="SGD momentum.")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
-@click.option("--scheduler", type=click.Choice(["step", "cosine"]), default="step", show_default=True)
-@click.option("--step-size", default=7, show_default=True, help="StepLR: epochs per decay.")
-@click.option("--gamma", default=0.1, show_default=True, type=float, help="StepLR: decay factor.")
-@click.option("--label-smoothing", default=0.0, show_default=True, type=float)
-@click.option("--patience", default=0, show_default=True, help="Early stop after N epochs without a better val accuracy (0: off).")
-@click.option("--val-split", default=0.2, show_default=True, type=float,
-              help="Share of each class held out when DATA has no val/ folder.")
-@click.option("--seed", default=0, show_default=True, help="Fixes the split, the init and the augmentation.")
-@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes (0: load in the main process).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (bf16 if supported, else fp16).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="channels_last memory format on CUDA.")
-@click.option("--skip-bad", is_flag=True, help="Skip (and count) corrupt images instead of stopping.")
+@_option("arch", type=click.Choice(ARCHS), metavar="ARCH",
+         help=f"torchvision model, its head sized to DATA's classes: {', '.join(ARCHS)}.")
+@_option("weights", help="imagenet (torchvision's cache/download), none, or PATH to a torchvision state_dict.")
+@_option("freeze", type=click.Choice(FREEZE), help="features: train only the new head (feature extraction).")
+@_option("image_size", help="Model input H = W.")
+@_option("resize_mode", type=click.Choice(RESIZE_MODES),
+         help="Eval/deploy resize: squash to HxW (the seed), or shorter side + center crop.")
+@_option("interpolation", type=click.Choice(INTERPOLATIONS))
+@_option("augment", type=click.Choice(AUGMENTS),
+         help="seed: Resize+ColorJitter+RandomAffine; standard: RandomResizedCrop+flip.")
+@_option("epochs")
+@_option("batch_size")
+@_option("optimizer", type=click.Choice(OPTIMIZERS))
+@_option("lr", type=float)
+@_option("momentum", type=float, help="SGD momentum.")
+@_option("weight_decay", type=float)
+@_option("scheduler", type=click.Choice(SCHEDULERS))
+@_option("step_size", help="StepLR: epochs per decay.")
+@_option("gamma", type=float, help="StepLR: decay factor.")
+@_option("label_smoothing", type=float)
+@_option("patience", help="Early stop after N epochs without a better val accuracy (0: off).")
+@_option("val_split", type=float, help="Share of each class held out when DATA has no val/ folder.")
+@_option("seed", help="Fixes the split, the init and the augmentation.")
+@_option("workers", help="DataLoader worker processes (0: load in the main process).")
+@_option("device", help="auto, cpu, cuda or cuda:N.")
+@_option("amp", help="Mixed precision on CUDA (bf16 if supported, else fp16).")
+@_option("channels_last", help="channels_last memory format on CUDA.")
+@_option("skip_bad", is_flag=True, show_default=False, help="Skip (and count) corrupt images instead of stopping.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue a run from its last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -83,21 +95,30 @@ def train(ctx, data_dir, resume, no_progress, **kwargs):
     """
     import sys
 
+    from tl.console import RichReporter, stdout_console
+    from tl.train.loop import fit
+    from tl.train.report import print_summary
+
+    options = _train_options(ctx, data_dir, resume, progress=not no_progress, given=kwargs)
+    console = stdout_console()
+    with RichReporter(console=console, progress=options.progress) as reporter:
+        result = fit(options, reporter=reporter)
+    if result.interrupted:
+        sys.exit(130)
+    print_summary(result, console=console)
+
+
+def _train_options(ctx: click.Context, data_dir, resume, *, progress: bool, given: dict) -> TrainOptions:
+    """A new run's options, or a resumed run's with only what the command line gave changed."""
     from click.core import ParameterSource
 
     from tl.runtime.errors import TLError
 
     if data_dir is None and not resume:
         raise TLError("missing DATA: tl train DATA (a folder of class sub-folders), or --resume RUN/last.pt")
-    from tl.train.loop import TrainOptions, fit
-
-    if resume:
-        given = {k: v for k, v in kwargs.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        if data_dir is not None:
-            given["data"] = data_dir
-        options = TrainOptions.for_resume(resume, progress=not no_progress, **given)
-    else:
-        options = TrainOptions(data=data_dir, progress=not no_progress, **kwargs)
-    result = fit(options)
-    if result.interrupted:
-        sys.exit(130)
+    if not resume:
+        return TrainOptions(data=data_dir, progress=progress, **given)
+    changed = {k: v for k, v in given.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if data_dir is not None:
+        changed["data"] = data_dir
+    return TrainOptions.for_resume(resume, progress=progress, **changed)

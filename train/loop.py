@@ -1,19 +1,17 @@
-"""The training loop: `tl.train.fit(TrainOptions(...)) -> TrainResult`.
+"""The training loop: `tl.train.fit(TrainOptions(...), reporter=...) -> TrainResult`.
 
 Keeps the seed's defaults (VGG16, SGD 0.001/0.9, StepLR 7/0.1, batch 8, 25 epochs, keep
 the best val weights) and fixes its bugs (validation on the val loader, the right head).
-Every epoch is seeded from (seed, epoch), so `--resume` after epoch k continues exactly
-as an uninterrupted run would on CPU.
+`fit` is the list of steps (check a resume, set up, restore, run the epochs, finish); the
+per-batch work lives in tl.train.engine. Progress and messages go to the reporter it is
+given; it prints nothing, so a notebook or a server can call it silently.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
-import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,101 +24,15 @@ from torch.utils.data import DataLoader
 
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_text
-from tl.runtime.spec import INTERPOLATIONS, RESIZE_MODES, ModelSpec
+from tl.runtime.progress import SILENT, Reporter
+from tl.runtime.spec import ModelSpec
 from tl.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from tl.train.data import ImageFileDataset, RunData, prepare_data
-from tl.train.models import ARCHS, build_model, freeze
-from tl.train.transforms import AUGMENTS, denormalize, eval_transform, train_transform
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("step", "cosine")
-FREEZE = ("none", "features")
-
-
-@dataclass(kw_only=True)
-class TrainOptions:
-    """Everything `tl train` accepts; defaults are the seed's recipe."""
-
-    data: str | Path | None = None
-    out: str | Path | None = None  # default runs/<timestamp>, or the resumed run's folder
-    arch: str = "vgg16"
-    weights: str = "imagenet"  # imagenet | none | PATH to a torchvision state_dict
-    freeze: str = "none"  # features: train only the head
-    image_size: int = 224
-    resize_mode: str = "squash"
-    resize_size: int | None = None
-    interpolation: str = "bilinear"
-    augment: str = "seed"
-    epochs: int = 25
-    batch_size: int = 8
-    optimizer: str = "sgd"
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    scheduler: str = "step"
-    step_size: int = 7
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
-    val_split: float = 0.2
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True
-    channels_last: bool = True
-    skip_bad: bool = False
-    resume: str | Path | None = None
-    progress: bool = True
-
-    def validate(self) -> None:
-        def choice(name: str, value: str, allowed) -> None:
-            if value not in allowed:
-                raise TLError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {value!r})")
-
-        if self.data is None:
-            raise TLError("no data folder given: tl train DATA (a folder of class sub-folders)")
-        choice("arch", self.arch, ARCHS)
-        choice("freeze", self.freeze, FREEZE)
-        choice("augment", self.augment, AUGMENTS)
-        choice("optimizer", self.optimizer, OPTIMIZERS)
-        choice("scheduler", self.scheduler, SCHEDULERS)
-        choice("resize_mode", self.resize_mode, RESIZE_MODES)
-        choice("interpolation", self.interpolation, INTERPOLATIONS)
-        checks = (
-            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
-            (self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number (got {self.lr})"),
-            (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
-            (self.step_size >= 1, f"--step-size must be at least 1 (got {self.step_size})"),
-            (self.gamma > 0, f"--gamma must be > 0 (got {self.gamma})"),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})"),
-            (self.patience >= 0, f"--patience must be >= 0 (got {self.patience}); 0 turns early stopping off"),
-            (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (got {self.val_split})"),
-            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise TLError(message)
-
-    def to_args(self) -> dict[str, Any]:
-        """Plain values for the checkpoint's "args"."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def for_resume(cls, checkpoint: str | Path, **overrides: Any) -> "TrainOptions":
-        """The options a run was started with (from its last.pt), with ``overrides`` applied."""
-        ckpt = load_checkpoint(checkpoint)
-        names = {f.name for f in dataclasses.fields(cls)}
-        args = {k: v for k, v in dict(ckpt.get("args") or {}).items() if k in names}
-        if isinstance(ckpt.get("data"), dict) and ckpt["data"].get("root"):
-            args["data"] = ckpt["data"]["root"]  # absolute: resuming from another folder still works
-        args.update(overrides)
-        args["resume"] = str(checkpoint)
-        if overrides.get("out") is None:
-            args["out"] = str(Path(ckpt["path"]).parent)
-        return cls(**args)
+from tl.train.engine import amp_dtype, evaluate, per_class_metrics, resolve_device, train_one_epoch
+from tl.train.models import build_model, freeze
+from tl.train.options import TrainOptions
+from tl.train.seeding import rng_state, seed_epoch, seed_everything, set_rng_state
+from tl.train.transforms import denormalize, eval_transform, train_transform
 
 
 @dataclass
@@ -141,109 +53,9 @@ class TrainResult:
     skipped: list[str] = field(default_factory=list)
 
 
-# -- devices ------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N -> torch.device, with an error that says what to use instead."""
-    name = str(name).strip().lower()
-    if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if not m:
-        raise TLError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})")
-    if not torch.cuda.is_available():
-        raise TLError(f"--device {name}: CUDA is not available here (no GPU, or a CPU-only torch); use --device cpu")
-    index = int(m.group(1)) if m.group(1) is not None else torch.cuda.current_device()
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise TLError(f"--device {name}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    return torch.device("cuda", index)
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on GPUs that do it natively (Ampere+), else fp16 (with a GradScaler); None = no AMP."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-
-
-def restore_scaler(scaler, state: dict) -> None:
-    """Resume across AMP dtypes: a bf16 (or CPU) run saves a disabled GradScaler's empty state.
-
-    An fp16 run resumed where bf16 is used (or AMP is off) drops the saved loss scale; a
-    bf16 run resumed on an fp16 GPU starts a fresh scaler, which finds its scale within a
-    few steps. ``GradScaler.load_state_dict({})`` would raise on an enabled scaler.
-    """
-    if state and scaler.is_enabled():
-        scaler.load_state_dict(state)
-
-
-# -- seeding ------------------------------------------------------------------------------
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "python" in state:
-        v = state["python"]
-        random.setstate((v[0], tuple(v[1]), v[2]))
-    if "numpy" in state:
-        n = state["numpy"]
-        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# -- metrics ------------------------------------------------------------------------------
-
-
-def per_class_metrics(confusion: np.ndarray, classes: list[str]) -> list[dict]:
-    """Precision and recall per class from a confusion matrix (rows true, columns predicted)."""
-    cm = np.asarray(confusion, dtype=np.int64)
-    rows = []
-    for i, name in enumerate(classes):
-        tp = int(cm[i, i])
-        predicted, support = int(cm[:, i].sum()), int(cm[i, :].sum())
-        rows.append({
-            "class": name,
-            "precision": tp / predicted if predicted else 0.0,
-            "recall": tp / support if support else 0.0,
-            "support": support,
-        })
-    return rows
-
-
-# -- the loop -----------------------------------------------------------------------------
-
-
 @dataclass
 class _Run:
-    """Mutable state of one training run (kept together so Ctrl-C can save it)."""
+    """Everything one training run holds (kept together so Ctrl-C can save it)."""
 
     options: TrainOptions
     data: RunData
@@ -251,9 +63,16 @@ class _Run:
     device: torch.device
     run_dir: Path
     model: nn.Module
+    n_trainable: int
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Any
+    dtype: torch.dtype | None  # autocast dtype; None = no AMP
+    memory_format: torch.memory_format
+    train_loader: DataLoader
+    val_loader: DataLoader
+    loader_gen: torch.Generator
+    criterion: nn.Module
     epoch: int = 0
     best_acc: float = -1.0
     best_loss: float = math.inf
@@ -291,6 +110,88 @@ class _Run:
         return path
 
 
+def fit(options: TrainOptions, *, reporter: Reporter = SILENT) -> TrainResult:
+    """Train, validate every epoch, keep best.pt (val accuracy, ties by lower loss) and last.pt."""
+    resume = _load_resume(options)
+    run = _setup(options, resume)
+    if resume is not None:
+        _restore(run, resume)
+    reporter.info(_banner(run, resumed=resume is not None))
+    if resume is not None:
+        reporter.info(f"resuming after epoch {run.epoch} from {options.resume}")
+    stopped_early, interrupted = _run_epochs(run, reporter)
+    return _finish(run, stopped_early=stopped_early, interrupted=interrupted)
+
+
+# -- setup --------------------------------------------------------------------------------
+
+
+def _load_resume(options: TrainOptions) -> dict[str, Any] | None:
+    """The last.pt to continue from, checked before any data is read; None for a new run."""
+    if options.resume is None:
+        return None
+    path = Path(options.resume)
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt or "scheduler" not in ckpt:
+        raise TLError(f"{path} has no optimizer state (a best.pt?); resume from the run's last.pt")
+    arch = ckpt["spec"].get("arch")
+    if arch != options.arch:
+        raise TLError(f"{path} was trained as {arch}, not {options.arch}; drop --arch or start a new run")
+    if int(ckpt["epoch"]) >= options.epochs:
+        raise TLError(
+            f"{options.resume} has already finished epoch {ckpt['epoch']} of --epochs {options.epochs}; "
+            f"pass --epochs N with N > {ckpt['epoch']} to train further"
+        )
+    return ckpt
+
+
+def _prepare_run_dir(o: TrainOptions, resume: dict | None) -> tuple[RunData, ModelSpec, Path]:
+    """Read the data, make the spec, and claim the run folder (never over another run)."""
+    data = prepare_data(o.data, val_split=o.val_split, seed=o.seed, skip_bad=o.skip_bad)
+    spec = ModelSpec.create(
+        arch=o.arch, classes=data.classes, image_size=o.image_size,
+        resize_mode=o.resize_mode, resize_size=o.resize_size, interpolation=o.interpolation,
+    )
+    if resume is not None and list(resume["spec"]["classes"]) != data.classes:
+        raise TLError(
+            f"{o.resume} was trained on classes {', '.join(resume['spec']['classes'])}, "
+            f"but {o.data} has {', '.join(data.classes)}; resume on the same data"
+        )
+    if o.out is not None:
+        run_dir = Path(o.out)
+    elif resume is not None:
+        run_dir = Path(resume["path"]).parent
+    else:
+        run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if resume is None and ((run_dir / "best.pt").exists() or (run_dir / "last.pt").exists()):
+        raise TLError(f"{run_dir} already holds a run; pass another --out, or --resume {run_dir / 'last.pt'}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec.save(run_dir / "spec.json")
+    return data, spec, run_dir
+
+
+def _setup(o: TrainOptions, resume: dict | None) -> _Run:
+    data, spec, run_dir = _prepare_run_dir(o, resume)
+    device = resolve_device(o.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    seed_everything(o.seed)
+    model = build_model(o.arch, len(data.classes), weights="none" if resume is not None else o.weights)
+    n_trainable = freeze(model, o.arch, o.freeze)
+    memory_format = torch.channels_last if (device.type == "cuda" and o.channels_last) else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = _make_optimizer(o, [p for p in model.parameters() if p.requires_grad])
+    dtype = amp_dtype(device, o.amp)
+    train_loader, val_loader, loader_gen = _make_loaders(o, data, spec, device)
+    return _Run(
+        options=o, data=data, spec=spec, device=device, run_dir=run_dir, model=model, n_trainable=n_trainable,
+        optimizer=optimizer, scheduler=_make_scheduler(o, optimizer),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        dtype=dtype, memory_format=memory_format, train_loader=train_loader, val_loader=val_loader,
+        loader_gen=loader_gen, criterion=nn.CrossEntropyLoss(label_smoothing=o.label_smoothing),
+    )
+
+
 def _make_optimizer(o: TrainOptions, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -303,273 +204,156 @@ def _make_scheduler(o: TrainOptions, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
 
 
-def _default_run_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
-
-def _check_resume(ckpt: dict, options: TrainOptions, path: Path) -> None:
-    if "optimizer" not in ckpt or "scheduler" not in ckpt:
-        raise TLError(f"{path} has no optimizer state (a best.pt?); resume from the run's last.pt")
-    spec = ckpt["spec"]
-    if spec.get("arch") != options.arch:
-        raise TLError(f"{path} was trained as {spec.get('arch')}, not {options.arch}; drop --arch or start a new run")
-
-
-def fit(options: TrainOptions, *, console=None) -> TrainResult:
-    """Train, validate every epoch, keep best.pt (val accuracy, ties by lower loss) and last.pt."""
-    from rich.console import Console
-
-    console = console or Console()
-    options.validate()
-    resume_ckpt = None
-    if options.resume is not None:
-        resume_ckpt = load_checkpoint(options.resume)
-        _check_resume(resume_ckpt, options, Path(options.resume))
-        if int(resume_ckpt["epoch"]) >= options.epochs:
-            raise TLError(
-                f"{options.resume} has already finished epoch {resume_ckpt['epoch']} of --epochs {options.epochs}; "
-                f"pass --epochs N with N > {resume_ckpt['epoch']} to train further"
-            )
-
-    data = prepare_data(options.data, val_split=options.val_split, seed=options.seed, skip_bad=options.skip_bad)
-    spec = ModelSpec.create(
-        arch=options.arch, classes=data.classes, image_size=options.image_size,
-        resize_mode=options.resize_mode, resize_size=options.resize_size, interpolation=options.interpolation,
-    )
-    if resume_ckpt is not None and list(resume_ckpt["spec"]["classes"]) != data.classes:
-        raise TLError(
-            f"{options.resume} was trained on classes {', '.join(resume_ckpt['spec']['classes'])}, "
-            f"but {options.data} has {', '.join(data.classes)}; resume on the same data"
-        )
-
-    if options.out is not None:
-        run_dir = Path(options.out)
-    elif resume_ckpt is not None:
-        run_dir = Path(resume_ckpt["path"]).parent
-    else:
-        run_dir = _default_run_dir()
-    if resume_ckpt is None and ((run_dir / "best.pt").exists() or (run_dir / "last.pt").exists()):
-        raise TLError(f"{run_dir} already holds a run; pass another --out, or --resume {run_dir / 'last.pt'}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec.save(run_dir / "spec.json")
-
-    device = resolve_device(options.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    seed_everything(options.seed)
-    model = build_model(options.arch, len(data.classes), weights="none" if resume_ckpt is not None else options.weights)
-    n_trainable = freeze(model, options.arch, options.freeze)
-    memory_format = torch.channels_last if (device.type == "cuda" and options.channels_last) else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(options, params)
-    scheduler = _make_scheduler(options, optimizer)
-    dtype = amp_dtype(device, options.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    run = _Run(options=options, data=data, spec=spec, device=device, run_dir=run_dir, model=model,
-               optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["state_dict"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        restore_scaler(scaler, resume_ckpt.get("scaler") or {})
-        set_rng_state(resume_ckpt.get("rng") or {})
-        run.epoch = int(resume_ckpt["epoch"])
-        run.best_acc = float(resume_ckpt["best_metric"]["val_acc"])
-        run.best_loss = float(resume_ckpt["best_metric"]["val_loss"])
-        run.best_epoch = int(resume_ckpt.get("best_epoch", 0))
-        run.best_confusion = list(resume_ckpt.get("best_confusion") or [])
-        run.acc_epoch = int(resume_ckpt.get("acc_epoch", run.best_epoch))
-        run.history = [h for h in resume_ckpt.get("history") or [] if h["epoch"] <= run.epoch]
-
+def _make_loaders(o: TrainOptions, data: RunData, spec: ModelSpec,
+                  device: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:
+    """Train and val loaders; the generator drives the shuffle and is reseeded every epoch."""
     loader_gen = torch.Generator()
     pin = device.type == "cuda"
-    train_ds = ImageFileDataset(data.train_files, data.train_labels, train_transform(spec, augment=options.augment))
+    train_ds = ImageFileDataset(data.train_files, data.train_labels, train_transform(spec, augment=o.augment))
     val_ds = ImageFileDataset(data.val_files, data.val_labels, eval_transform(spec))
     # BatchNorm cannot train on a batch of one; drop a lone last sample.
-    drop_last = len(train_ds) > options.batch_size and len(train_ds) % options.batch_size == 1
-    train_loader = DataLoader(train_ds, batch_size=options.batch_size, shuffle=True, generator=loader_gen,
-                              num_workers=options.workers, pin_memory=pin, drop_last=drop_last)
-    val_loader = DataLoader(val_ds, batch_size=options.batch_size, shuffle=False,
-                            num_workers=options.workers, pin_memory=pin)
-    criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    drop_last = len(train_ds) > o.batch_size and len(train_ds) % o.batch_size == 1
+    train_loader = DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, generator=loader_gen,
+                              num_workers=o.workers, pin_memory=pin, drop_last=drop_last)
+    val_loader = DataLoader(val_ds, batch_size=o.batch_size, shuffle=False, num_workers=o.workers, pin_memory=pin)
+    return train_loader, val_loader, loader_gen
 
-    console.print(
-        f"[bold]tl train[/] {options.arch} (weights: {options.weights if resume_ckpt is None else 'resumed'}, "
-        f"{n_trainable:,} trainable params) on {device} | {len(data.classes)} classes, "
-        f"{len(train_ds)} train / {len(val_ds)} val images"
+
+def restore_scaler(scaler, state: dict) -> None:
+    """Resume across AMP dtypes: a bf16 (or CPU) run saves a disabled GradScaler's empty state.
+
+    An fp16 run resumed where bf16 is used (or AMP is off) drops the saved loss scale; a
+    bf16 run resumed on an fp16 GPU starts a fresh scaler, which finds its scale within a
+    few steps. ``GradScaler.load_state_dict({})`` would raise on an enabled scaler.
+    """
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Weights, optimizer, scheduler, loss scale, RNG and the bookkeeping of a last.pt."""
+    run.model.load_state_dict(ckpt["state_dict"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    restore_scaler(run.scaler, ckpt.get("scaler") or {})
+    set_rng_state(ckpt.get("rng") or {})
+    run.epoch = int(ckpt["epoch"])
+    run.best_acc = float(ckpt["best_metric"]["val_acc"])
+    run.best_loss = float(ckpt["best_metric"]["val_loss"])
+    run.best_epoch = int(ckpt.get("best_epoch", 0))
+    run.best_confusion = list(ckpt.get("best_confusion") or [])
+    run.acc_epoch = int(ckpt.get("acc_epoch", run.best_epoch))
+    run.history = [h for h in ckpt.get("history") or [] if h["epoch"] <= run.epoch]
+
+
+def _banner(run: _Run, *, resumed: bool) -> str:
+    o, data = run.options, run.data
+    return (
+        f"tl train {o.arch} (weights: {'resumed' if resumed else o.weights}, "
+        f"{run.n_trainable:,} trainable params) on {run.device} | {len(data.classes)} classes, "
+        f"{len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images"
         + (f", {len(data.skipped)} bad skipped" if data.skipped else "")
-        + f" | {options.image_size}px, batch {options.batch_size}, {options.optimizer} lr {options.lr}"
-        + (f" | AMP {str(dtype).removeprefix('torch.')}" if dtype else ""),
-        soft_wrap=True,
+        + f" | {o.image_size}px, batch {o.batch_size}, {o.optimizer} lr {o.lr}"
+        + (f" | AMP {str(run.dtype).removeprefix('torch.')}" if run.dtype else "")
     )
-    if resume_ckpt is not None:
-        console.print(f"resuming after epoch {run.epoch} from {options.resume}")
 
-    old_benchmark = torch.backends.cudnn.benchmark
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-    stopped_early = interrupted = False
+
+# -- epochs -------------------------------------------------------------------------------
+
+
+def _run_epochs(run: _Run, reporter: Reporter) -> tuple[bool, bool]:
+    """Epochs until --epochs, --patience or Ctrl-C; returns (stopped_early, interrupted)."""
+    o = run.options
     try:
-        with _progress(console, options.progress) as progress:
-            for epoch in range(run.epoch + 1, options.epochs + 1):
-                _seed_epoch(options.seed, epoch, loader_gen)
-                t0 = time.perf_counter()
-                train_loss, train_acc = _train_epoch(
-                    run, train_loader, criterion, dtype, memory_format, progress, epoch,
-                    capture=None if (run_dir / "batch.png").exists() else run_dir / "batch.png",
-                )
-                val_task = progress.add_task("  validate", total=len(val_loader), stats="")
-                val_loss, val_acc, confusion = _evaluate(
-                    model, val_loader, device, dtype, memory_format, len(data.classes),
-                    on_batch=lambda: progress.advance(val_task),
-                )
-                progress.remove_task(val_task)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                run.epoch = epoch
-                if val_acc > run.best_acc:
-                    run.acc_epoch = epoch
-                improved = val_acc > run.best_acc or (val_acc == run.best_acc and val_loss < run.best_loss)
-                row = {
-                    "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                    "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-                    "seconds": round(time.perf_counter() - t0, 3), "best": improved,
-                }
-                run.history.append(row)
-                if improved:
-                    run.best_acc, run.best_loss, run.best_epoch = val_acc, val_loss, epoch
-                    run.best_confusion = confusion.tolist()
-                    save_checkpoint(run_dir / "best.pt", run.payload(metrics=row))
-                run.save_last()
-                _write_metrics(run_dir / "metrics.jsonl", run.history)
-                _plot_history(run_dir, run.history)
-                progress.console.print(
-                    f"epoch {epoch}/{options.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
-                    f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
-                    + ("  [green]best[/]" if improved else ""),
-                    soft_wrap=True,
-                )
-                if options.patience and epoch - run.acc_epoch >= options.patience:
-                    progress.console.print(
-                        f"early stop: val accuracy has not improved for {options.patience} epochs "
-                        f"(last improvement: epoch {run.acc_epoch})"
-                    )
-                    stopped_early = True
-                    break
+        with _cudnn_autotune(run.device), _worker_errors_as_one_line():
+            for epoch in range(run.epoch + 1, o.epochs + 1):
+                _one_epoch(run, epoch, reporter)
+                if o.patience and epoch - run.acc_epoch >= o.patience:
+                    reporter.info(f"early stop: val accuracy has not improved for {o.patience} epochs "
+                                  f"(last improvement: epoch {run.acc_epoch})")
+                    return True, False
+    except KeyboardInterrupt:
+        path = run.save_last(interrupted=True)
+        _write_metrics(run.run_dir / "metrics.jsonl", run.history)
+        reporter.info(f"\ninterrupted: saved {path} (after epoch {run.epoch}); continue with "
+                      f"tl train --resume {path}")
+        return False, True
+    return False, False
+
+
+def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
+    """Train, validate, step the scheduler, record; one line to the reporter."""
+    o = run.options
+    seed_epoch(o.seed, epoch, run.loader_gen)
+    t0 = time.perf_counter()
+    batch_png = run.run_dir / "batch.png"
+    capture = None if batch_png.exists() else (lambda x, y: _write_batch_png(x, y, run.spec, batch_png))
+    with reporter.task(f"epoch {epoch}/{o.epochs}", total=len(run.train_loader)) as task:
+        train_loss, train_acc = train_one_epoch(
+            run.model, run.criterion, run.optimizer, run.scaler, run.train_loader, run.device,
+            dtype=run.dtype, memory_format=run.memory_format, task=task, on_first_batch=capture,
+        )
+    with reporter.task("  validate", total=len(run.val_loader)) as task:
+        val_loss, val_acc, confusion = evaluate(
+            run.model, run.val_loader, run.device, dtype=run.dtype, memory_format=run.memory_format,
+            num_classes=len(run.data.classes), task=task,
+        )
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    row = {
+        "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+        "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
+    }
+    _record_epoch(run, row, confusion)
+    reporter.info(
+        f"epoch {epoch}/{o.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
+        f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
+        + ("  best" if row["best"] else "")
+    )
+
+
+def _record_epoch(run: _Run, row: dict, confusion: np.ndarray) -> None:
+    """Best so far (val accuracy, ties by lower loss) -> best.pt; always last.pt, metrics, curves."""
+    epoch, val_acc, val_loss = row["epoch"], row["val_acc"], row["val_loss"]
+    run.epoch = epoch
+    if val_acc > run.best_acc:
+        run.acc_epoch = epoch
+    row["best"] = improved = val_acc > run.best_acc or (val_acc == run.best_acc and val_loss < run.best_loss)
+    run.history.append(row)
+    if improved:
+        run.best_acc, run.best_loss, run.best_epoch = val_acc, val_loss, epoch
+        run.best_confusion = confusion.tolist()
+        save_checkpoint(run.run_dir / "best.pt", run.payload(metrics=row))
+    run.save_last()
+    _write_metrics(run.run_dir / "metrics.jsonl", run.history)
+    from tl.train.plots import plot_history
+
+    plot_history(run.history, run.run_dir / "history.png")
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: torch.device):
+    """Fixed input size: let cuDNN pick the fastest kernels; restore the global flag after."""
+    old = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+@contextlib.contextmanager
+def _worker_errors_as_one_line():
+    """A file that broke after the up-front check raises TLError inside a DataLoader worker;
+    torch re-raises it with the worker's traceback in the message: keep one line."""
+    try:
+        yield
     except TLError as e:
-        # A file that broke after the up-front check, raised inside a DataLoader worker:
-        # torch re-raises it with the worker's traceback in the message; keep one line.
         text = str(e)
         if "Original Traceback" in text and "TLError: " in text:
             raise TLError(text.rsplit("TLError: ", 1)[1].strip()) from None
         raise
-    except KeyboardInterrupt:
-        interrupted = True
-        path = run.save_last(interrupted=True)
-        _write_metrics(run_dir / "metrics.jsonl", run.history)
-        console.print(
-            f"\ninterrupted: saved {path} (after epoch {run.epoch}); continue with "
-            f"tl train --resume {path}", soft_wrap=True, highlight=False,
-        )
-    finally:
-        torch.backends.cudnn.benchmark = old_benchmark
-
-    if run.best_confusion:
-        from tl.train.plots import plot_confusion
-
-        plot_confusion(np.asarray(run.best_confusion), data.classes, run_dir / "confusion.png",
-                       title=f"val, epoch {run.best_epoch}")
-    per_class = per_class_metrics(np.asarray(run.best_confusion), data.classes) if run.best_confusion else []
-    result = TrainResult(
-        run_dir=run_dir, best_path=run_dir / "best.pt", last_path=run_dir / "last.pt", spec=spec,
-        device=str(device), epochs_run=run.epoch, best_epoch=run.best_epoch,
-        best_val_acc=max(run.best_acc, 0.0), best_val_loss=run.best_loss, history=run.history,
-        per_class=per_class, stopped_early=stopped_early, interrupted=interrupted,
-        skipped=[str(p) for p, _ in data.skipped],
-    )
-    if not interrupted:
-        print_summary(result, console=console)
-    return result
-
-
-def _seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> None:
-    s = _epoch_seed(seed, epoch)
-    seed_everything(s)
-    loader_gen.manual_seed(s)
-
-
-@contextlib.contextmanager
-def _progress(console, enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, disable=not enabled, transient=True,
-    ) as progress:
-        yield progress
-
-
-def _train_epoch(run: _Run, loader: DataLoader, criterion: nn.Module, dtype, memory_format, progress, epoch: int,
-                 capture: Path | None) -> tuple[float, float]:
-    model, device, optimizer, scaler = run.model, run.device, run.optimizer, run.scaler
-    model.train()
-    task = progress.add_task(f"epoch {epoch}/{run.options.epochs}", total=len(loader), stats="")
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    for step, (x, y) in enumerate(loader):
-        if capture is not None:
-            _write_batch_png(x, y, run.spec, capture)
-            capture = None
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach().double() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
-        if device.type != "cuda" or step % 10 == 9 or step == len(loader) - 1:  # .item() syncs a GPU
-            progress.update(task, completed=step + 1,
-                            stats=f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.3f}")
-    progress.remove_task(task)
-    if not seen:
-        return math.nan, math.nan
-    return loss_sum.item() / seen, correct.item() / seen
-
-
-@torch.inference_mode()
-def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype, memory_format,
-              num_classes: int, on_batch=None) -> tuple[float, float, np.ndarray]:
-    """(mean cross-entropy, accuracy, confusion matrix) on the validation loader."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
-    seen = 0
-    for x, y in loader:
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
-        seen += y.shape[0]
-        if on_batch is not None:
-            on_batch()
-    cm = confusion.view(num_classes, num_classes).cpu().numpy()
-    if not seen:
-        return math.nan, 0.0, cm
-    return loss_sum.item() / seen, float(np.trace(cm)) / seen, cm
 
 
 def _write_batch_png(x: torch.Tensor, y: torch.Tensor, spec: ModelSpec, path: Path) -> None:
@@ -583,29 +367,23 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
-def _plot_history(run_dir: Path, history: list[dict]) -> None:
-    from tl.train.plots import plot_history
-
-    plot_history(history, run_dir / "history.png")
+# -- finish -------------------------------------------------------------------------------
 
 
-def print_summary(result: TrainResult, *, console) -> None:
-    """Best epoch's accuracy and per-class precision/recall, and where the files are."""
-    from rich.table import Table
+def _finish(run: _Run, *, stopped_early: bool, interrupted: bool) -> TrainResult:
+    """The best epoch's confusion matrix picture and per-class figures, as a result."""
+    classes = run.data.classes
+    per_class: list[dict] = []
+    if run.best_confusion:
+        from tl.train.plots import plot_confusion
 
-    table = Table(title=f"best epoch {result.best_epoch}: val accuracy {result.best_val_acc:.3f}, "
-                        f"loss {result.best_val_loss:.4f}")
-    table.add_column("class")
-    table.add_column("precision", justify="right")
-    table.add_column("recall", justify="right")
-    table.add_column("images", justify="right")
-    for row in result.per_class:
-        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", str(row["support"]))
-    console.print(table)
-    if result.skipped:
-        console.print(f"skipped {len(result.skipped)} bad image(s): " + ", ".join(result.skipped[:5])
-                      + (" ..." if len(result.skipped) > 5 else ""))
-    if result.stopped_early:
-        console.print(f"stopped early after epoch {result.epochs_run} (--patience)")
-    console.print(f"run folder: {result.run_dir}  (best.pt, last.pt, metrics.jsonl, history.png, "
-                  f"confusion.png, batch.png, spec.json)", soft_wrap=True, highlight=False)
+        confusion = np.asarray(run.best_confusion)
+        plot_confusion(confusion, classes, run.run_dir / "confusion.png", title=f"val, epoch {run.best_epoch}")
+        per_class = per_class_metrics(confusion, classes)
+    return TrainResult(
+        run_dir=run.run_dir, best_path=run.run_dir / "best.pt", last_path=run.run_dir / "last.pt", spec=run.spec,
+        device=str(run.device), epochs_run=run.epoch, best_epoch=run.best_epoch,
+        best_val_acc=max(run.best_acc, 0.0), best_val_loss=run.best_loss, history=run.history,
+        per_class=per_class, stopped_early=stopped_early, interrupted=interrupted,
+        skipped=[str(p) for p, _ in run.data.skipped],
+    )

@@ -11,14 +11,7 @@ import torch
 from torch import nn
 
 from tl.runtime.errors import TLError
-
-ARCHS = (
-    "vgg11", "vgg13", "vgg16", "vgg19",
-    "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
-    "resnet18", "resnet34", "resnet50",
-    "mobilenet_v3_small", "mobilenet_v3_large",
-    "efficientnet_b0",
-)
+from tl.train.options import ARCHS, FREEZE  # noqa: F401  (defined torch-free, for `tl --help`)
 
 
 def head_path(arch: str) -> tuple[str, int | None]:
@@ -126,7 +119,7 @@ def _load_weights_file(model: nn.Module, arch: str, path: Path) -> None:
 
 def freeze(model: nn.Module, arch: str, mode: str) -> int:
     """``features``: train only the head (feature extraction); ``none``: everything. Returns #trainable."""
-    if mode not in ("features", "none"):
+    if mode not in FREEZE:
         raise TLError(f"--freeze must be 'features' or 'none' (got {mode!r})")
     head = get_head(model, arch)
     head_ids = {id(p) for p in head.parameters()}

@@ -14,8 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
-
-AUGMENTS = ("seed", "standard", "none")
+from tl.train.options import AUGMENTS  # noqa: F401  (defined torch-free, for `tl --help`)
 
 _INTERPOLATION = {
     "nearest": InterpolationMode.NEAREST,

@@ -1,0 +1,133 @@
+"""What `tl train` accepts: each choice, default and check defined once, here.
+
+Torch-free (stdlib and tl.runtime only): `tl train --help` builds its options from this
+module, and `tl --help` must work where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tl.runtime.errors import TLError
+from tl.runtime.spec import INTERPOLATIONS, RESIZE_MODES
+
+ARCHS = (
+    "vgg11", "vgg13", "vgg16", "vgg19",
+    "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "resnet18", "resnet34", "resnet50",
+    "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0",
+)
+AUGMENTS = ("seed", "standard", "none")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("step", "cosine")
+FREEZE = ("none", "features")
+
+__all__ = ["ARCHS", "AUGMENTS", "FREEZE", "INTERPOLATIONS", "OPTIMIZERS", "RESIZE_MODES", "SCHEDULERS",
+           "TrainOptions", "parse_device"]
+
+
+def parse_device(name: str) -> tuple[str, int | None]:
+    """auto | cpu | cuda | cuda:N -> (kind, index or None); whether CUDA is there is asked later."""
+    name = str(name).strip().lower()
+    if name in ("auto", "cpu"):
+        return name, None
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not m:
+        raise TLError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})")
+    return "cuda", int(m.group(1)) if m.group(1) is not None else None
+
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """Everything `tl train` accepts; defaults are the seed's recipe. Checked when built."""
+
+    data: str | Path | None = None
+    out: str | Path | None = None  # default runs/<timestamp>, or the resumed run's folder
+    arch: str = "vgg16"
+    weights: str = "imagenet"  # imagenet | none | PATH to a torchvision state_dict
+    freeze: str = "none"  # features: train only the head
+    image_size: int = 224
+    resize_mode: str = "squash"
+    resize_size: int | None = None
+    interpolation: str = "bilinear"
+    augment: str = "seed"
+    epochs: int = 25
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "step"
+    step_size: int = 7
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
+    val_split: float = 0.2
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True
+    channels_last: bool = True
+    skip_bad: bool = False
+    resume: str | Path | None = None
+    progress: bool = True  # progress bars, for the CLI's reporter; kept in the checkpoint's args
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            raise TLError("no data folder given: tl train DATA (a folder of class sub-folders)")
+        self._check_choices()
+        self._check_numbers()
+        parse_device(self.device)
+
+    def _check_choices(self) -> None:
+        for name, allowed in (("arch", ARCHS), ("freeze", FREEZE), ("augment", AUGMENTS),
+                              ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
+                              ("resize_mode", RESIZE_MODES), ("interpolation", INTERPOLATIONS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise TLError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {value!r})")
+
+    def _check_numbers(self) -> None:
+        checks = (
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number (got {self.lr})"),
+            (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
+            (self.step_size >= 1, f"--step-size must be at least 1 (got {self.step_size})"),
+            (self.gamma > 0, f"--gamma must be > 0 (got {self.gamma})"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})"),
+            (self.patience >= 0, f"--patience must be >= 0 (got {self.patience}); 0 turns early stopping off"),
+            (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (got {self.val_split})"),
+            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise TLError(message)
+
+    def to_args(self) -> dict[str, Any]:
+        """Plain values for the checkpoint's "args"."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def for_resume(cls, checkpoint: str | Path, **overrides: Any) -> "TrainOptions":
+        """The options a run was started with (from its last.pt), with ``overrides`` applied."""
+        from tl.train.checkpoint import load_checkpoint  # torch: only when a run is resumed
+
+        ckpt = load_checkpoint(checkpoint)
+        names = {f.name for f in dataclasses.fields(cls)}
+        args = {k: v for k, v in dict(ckpt.get("args") or {}).items() if k in names}
+        if isinstance(ckpt.get("data"), dict) and ckpt["data"].get("root"):
+            args["data"] = ckpt["data"]["root"]  # absolute: resuming from another folder still works
+        args.update(overrides)
+        args["resume"] = str(checkpoint)
+        if overrides.get("out") is None:
+            args["out"] = str(Path(ckpt["path"]).parent)
+        return cls(**args)
