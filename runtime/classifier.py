@@ -160,8 +160,6 @@ class Classifier:
         ):
             inputs = [inputs]
         inputs = list(inputs)
-        if top_k < 1:
-            raise TLError(f"top_k must be at least 1 (got {top_k})")
         size = int(batch_size or self.max_batch or DEFAULT_BATCH_SIZE)
         if size < 1:
             raise TLError(f"batch_size must be at least 1 (got {batch_size})")

@@ -9,23 +9,25 @@ from pathlib import Path
 
 import click
 
+from tl.runtime.backends import BACKEND_CHOICES
+
 FORMATS = ("table", "json", "csv")
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", default=5, show_default=True, type=int, help="Classes listed per image.")
-@click.option("--batch-size", default=16, show_default=True, type=int, help="Images per inference call.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes listed per image.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table for people; json (one object per line) or csv for scripts.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results here instead of stdout.")
-@click.option("--backend", type=click.Choice(["auto", "ort", "trt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT.")
 @click.option("--providers", default=None, help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: best available).")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="spec.json for a model that carries none.")
 @click.option("--device", default=0, show_default=True, type=int, help="GPU index.")
-@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
 def predict(model, paths, top_k, batch_size, fmt, output, backend, providers, spec_path, device, threads):
     """Classify images (files or folders, walked recursively) with an exported model.
 

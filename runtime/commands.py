@@ -51,10 +51,6 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
     from tl.runtime.classifier import Classifier
     from tl.runtime.images import preprocess_one
 
-    if top_k < 1:
-        raise TLError(f"--top-k must be at least 1 (got {top_k})")
-    if batch_size < 1:
-        raise TLError(f"--batch-size must be at least 1 (got {batch_size})")
     found = collect_inputs(paths)
     clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
                           intra_op_threads=threads)

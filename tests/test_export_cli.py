@@ -196,7 +196,7 @@ def test_vgg16_fp32_fp16_int8_end_to_end(tl_cli, make_checkpoint, synth_data, tm
 
     out = tmp_path / "vgg"
     ckpt = make_checkpoint("vgg16", image_size=32)
-    r = tl_cli("export", ckpt, "--out", out, "--fp16", "--int8", "--calib-dir", synth_data / "train",
+    r = tl_cli("export", ckpt, "--out", out, "--onnx", "--fp16", "--int8", "--calib-dir", synth_data / "train",
                "--calib-count", "8", "--val-dir", synth_data / "val", "--parity-count", "8")
     assert r.code == 0, r.err
     report = json.loads((out / "export.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,8 +206,10 @@ def test_resolve_providers_order_and_aliases():
 
 def test_trt_ep_options_follow_the_model(clf, tmp_path):
     opts = clf.backend._trt_options(tmp_path / "cache", 16)
-    assert opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
-    assert opts["trt_engine_cache_path"] == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+    assert clf.precision == "fp32" and not opts["trt_fp16_enable"]  # an FP32 file runs in FP32 on the EP too
+    assert opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
+    cache = Path(opts["trt_engine_cache_path"])
+    assert cache.parent == tmp_path / "cache" and cache.is_dir() and len(cache.name) == 16  # keyed by the file's sha256
     assert opts["trt_profile_min_shapes"] == "input:1x3x64x64"
     assert opts["trt_profile_max_shapes"] == "input:16x3x64x64"
 

@@ -96,7 +96,7 @@ class RichReporter(Reporter):
         return _RichTask(self.progress, description, total)
 
     def info(self, text: str) -> None:
-        self.progress.console.print(text, soft_wrap=True, highlight=False)
+        self.progress.console.print(text, soft_wrap=True, highlight=False, markup=False)
 
     def warning(self, text: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True, highlight=False)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tl.runtime.artifact import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
+
+if TYPE_CHECKING:  # numpy is not needed to list the backends (tl predict --help)
+    import numpy as np
 
 
 @runtime_checkable
