@@ -191,12 +191,9 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 def run_demo(out: str | Path = "runs/demo", *, console=None,
              steps: list[tuple[str, Callable[[DemoContext], None]]] | None = None) -> DemoContext:
     """Run the demo steps in order; returns the context with every step's results."""
-    from rich.console import Console
+    from tl.console import stdout_console
 
-    import sys
-
-    # Off a terminal rich assumes 80 columns and folds the bench table into unreadable cells.
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    console = console or stdout_console()
     ctx = DemoContext(out=Path(out), console=console)
     ctx.out.mkdir(parents=True, exist_ok=True)
     for name, step in steps if steps is not None else STEPS:

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 def render_summary(result: "TrainResult") -> Table:
     """The best epoch's accuracy and per-class precision/recall."""
+    # Wide enough for its title, which would otherwise wrap over the four narrow columns.
     table = Table(title=f"best epoch {result.best_epoch}: val accuracy {result.best_val_acc:.3f}, "
-                        f"loss {result.best_val_loss:.4f}")
+                        f"loss {result.best_val_loss:.4f}", title_justify="left", min_width=48)
     table.add_column("class")
     table.add_column("precision", justify="right")
     table.add_column("recall", justify="right")
