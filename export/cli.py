@@ -9,7 +9,7 @@ import dataclasses
 
 import click
 
-from tl.export.options import CALIB_METHODS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportOptions
+from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, ExportOptions
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExportOptions) if f.default is not dataclasses.MISSING}
 
@@ -30,7 +30,7 @@ def _opt(name: str, *decls: str, **kwargs):
 @_opt("int8", is_flag=True, help="model.int8.onnx: QDQ, symmetric INT8, per-channel weights (+ model.int8.plan with --trt).")
 @_opt("trt", is_flag=True, help="TensorRT engine model.fp16.plan (+ sidecar); implies --fp16.")
 @_opt("opset", type=click.IntRange(MIN_OPSET, MAX_OPSET),
-      help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (17 for TensorRT 8.6; default {DEFAULT_OPSET}).")
+      help="ONNX opset: 17 for TensorRT 8.6 (TorchScript exporter), 18 and up through the dynamo exporter.")
 @_opt("max_batch", type=int, help="Largest batch (ONNX dynamic dim bound, TensorRT profile max).")
 @_opt("min_batch", type=int, help="TensorRT profile min batch.")
 @_opt("opt_batch", type=int, help="TensorRT profile batch to tune for.")
