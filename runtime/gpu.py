@@ -121,7 +121,12 @@ def cuda_device(cudart, index: int = 0) -> GpuDevice:
     """Name and compute capability of GPU ``index`` through cuda-python; a TLError naming the CUDA error."""
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess:
-        raise TLError(explain_cuda_error(cuda_error_name(err), "looking for a CUDA GPU (cudaGetDeviceCount)"))
+        name = cuda_error_name(err)
+        if name == "cudaErrorInsufficientDriver" and not shutil.which("nvidia-smi"):
+            # CUDA reports a missing driver as an insufficient one.
+            raise TLError(f"no NVIDIA driver here (cudaGetDeviceCount: {name}, no nvidia-smi): TensorRT engines "
+                          "need an NVIDIA GPU and its driver; run the .onnx export on CPU instead")
+        raise TLError(explain_cuda_error(name, "looking for a CUDA GPU (cudaGetDeviceCount)"))
     if count == 0:
         raise TLError("no CUDA GPU is visible (TensorRT engines need one); run the .onnx export on CPU instead")
     if not 0 <= index < count:

@@ -34,6 +34,21 @@ def test_missing_cuda_python_says_what_to_install():
     assert not tensorrt_usable(0)
 
 
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="needs cuda-python (torch's CUDA wheels bring cuda-bindings)")
+def test_no_driver_is_said_plainly_by_the_real_cuda_runtime():
+    """Without a driver CUDA answers cudaErrorInsufficientDriver; tl must not tell the user to update it."""
+    import shutil
+
+    from tl.runtime.gpu import cuda_device
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("an NVIDIA driver is installed here")
+    with pytest.raises(TLError) as e:
+        cuda_device(import_cudart(), 0)
+    assert "no NVIDIA driver here" in str(e.value) and "cudaErrorInsufficientDriver" in str(e.value)
+    assert not tensorrt_usable(0) and find_gpu(0) is None
+
+
 def test_find_gpu_without_a_gpu_is_none():
     if find_gpu(0) is not None:
         pytest.skip("a GPU is visible here")
