@@ -191,14 +191,16 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 def run_demo(out: str | Path = "runs/demo", *, console=None,
              steps: list[tuple[str, Callable[[DemoContext], None]]] | None = None) -> DemoContext:
     """Run the demo steps in order; returns the context with every step's results."""
+    import sys
+
     from rich.console import Console
 
-    import sys
+    from tl.runtime.files import ensure_output_dir
 
     # Off a terminal rich assumes 80 columns and folds the bench table into unreadable cells.
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     ctx = DemoContext(out=Path(out), console=console)
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(ctx.out, option="--out")
     for name, step in steps if steps is not None else STEPS:
         t0 = time.perf_counter()
         step(ctx)

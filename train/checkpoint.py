@@ -23,11 +23,15 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Atomic: temp file + os.replace, so an interrupted save never leaves a broken best.pt."""
+    """Atomic: temp file + os.replace, so an interrupted save never leaves a broken best.pt.
+
+    torch.save writes through a Python file so that a failed write (a full disk) keeps its
+    OSError, which atomic_path turns into "could not write PATH: why".
+    """
     if "spec" not in payload or "state_dict" not in payload:
         raise ValueError("a checkpoint needs 'spec' and 'state_dict'")
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
