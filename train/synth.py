@@ -16,6 +16,11 @@ from PIL import Image, ImageDraw, ImageFilter
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_path
 
+# Bounds a real dataset never reaches; beyond them a typo (--size 100000: 30 GB per image)
+# ends in the OOM killer or a full disk instead of a message.
+MAX_SIZE = 4096
+MAX_PER_CLASS = 100_000
+
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "hexagon", "bar", "crescent", "diamond")
 
 
@@ -31,8 +36,9 @@ class SynthOptions:
         """Checked when built, so the CLI refuses before it creates any folder."""
         checks = (
             (2 <= self.classes <= len(SHAPES), f"--classes must be between 2 and {len(SHAPES)} (got {self.classes})"),
-            (self.per_class >= 2, f"--per-class must be at least 2 (got {self.per_class})"),
-            (self.size >= 16, f"--size must be at least 16 pixels (got {self.size})"),
+            (2 <= self.per_class <= MAX_PER_CLASS,
+             f"--per-class must be between 2 and {MAX_PER_CLASS} (got {self.per_class})"),
+            (16 <= self.size <= MAX_SIZE, f"--size must be between 16 and {MAX_SIZE} pixels (got {self.size})"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
         )
         for ok, message in checks:
