@@ -36,7 +36,7 @@ def test_spec_of_another_size_or_class_count_is_named(make_onnx, synth_data, tmp
     model = make_onnx()[0]  # 64 px, 4 classes
     ModelSpec.create(arch="mobilenet_v3_small", classes=list("abcd"), image_size=32).save(tmp_path / "s32.json")
     r = run_tl_subprocess("predict", model, synth_data / "val", "--spec", tmp_path / "s32.json", timeout=120)
-    assert_user_error(r, "the spec does not fit this model", "input is 3x64x64", "says 3x32x32")
+    assert_user_error(r, "the spec does not belong to this model", "input is 3x64x64", "says 3x32x32")
     ModelSpec.create(arch="mobilenet_v3_small", classes=list("ab"), image_size=64).save(tmp_path / "s2.json")
     r = run_tl_subprocess("predict", model, synth_data / "val", "--spec", tmp_path / "s2.json", timeout=120)
     assert_user_error(r, "it outputs 4 classes", "has 2")

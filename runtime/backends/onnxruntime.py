@@ -162,7 +162,7 @@ class OnnxRuntimeBackend:
         if out and out[-1] is not None and out[-1] != s.num_classes:
             problems.append(f"it outputs {out[-1]} classes but {self.spec_source} has {s.num_classes}")
         if problems:
-            raise TLError(f"{self.path}: the spec does not fit this model: {'; '.join(problems)}. "
+            raise TLError(f"{self.path}: the spec does not belong to this model: {'; '.join(problems)}. "
                           "Use the spec.json that was exported with this model")
 
     def _trt_options(self, cache_dir, profile_max: int) -> dict:
