@@ -87,9 +87,10 @@ def bench_table(result):
     from rich.table import Table
 
     from tl.benchmarks.report import fmt, pct, provider, times
+    from tl.console import shown
 
     env = result.environment
-    title = (f"tl bench · {env.get('arch')} {'x'.join(map(str, env.get('image_size') or []))} · "
+    title = (f"tl bench · {shown(env.get('arch'))} {'x'.join(map(str, env.get('image_size') or []))} · "
              f"{env.get('gpu') or env.get('cpu')} · {env.get('device')}")
     img = env.get("images", {})
     caption = (f"p50/p99: latency host->host; img/s = batch / p50; speedup: img/s vs eager fp32 at the same batch; "

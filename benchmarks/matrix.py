@@ -19,6 +19,7 @@ import numpy as np
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
 from tl.benchmarks.targets import Targets, bench_images, resolve_targets, spec_of_targets
 from tl.runtime.errors import TLError
+from tl.runtime.files import ensure_output_dir
 from tl.runtime.progress import SILENT, Reporter
 
 AGREEMENT_CHUNK = 8  # images per call when checking agreement (padded, so compile sees one shape)
@@ -325,6 +326,8 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
     """Measure every runner at every batch size; write bench.* into ``options.out`` when given."""
     o = options
     targets = resolve_targets(list(o.targets))
+    if o.out is not None:  # before minutes of timing
+        ensure_output_dir(o.out, option="--out")
     device = resolve_device(o.device)
     model, spec, ckpt, ckpt_path = _reference_model(targets)
     with _torch_threads(o.threads):

@@ -121,12 +121,16 @@ def spec_of_targets(targets: Targets):
     """The spec of the first artifact that carries one (no checkpoint given)."""
     from tl.runtime.artifact import read_spec
 
+    reasons = []
     for a in targets.artifacts:
         try:
             return read_spec(a.path)
-        except (TLError, OSError, ValueError):
-            continue
-    raise TLError("no model spec found: the artifacts carry no tl.spec; give the checkpoint TARGET too")
+        except TLError as e:  # names the file and why: not ONNX at all, no tl.spec, no sidecar
+            reasons.append(str(e))
+        except (OSError, ValueError) as e:
+            reasons.append(f"{a.path}: {e}")
+    shown = "; ".join(reasons[:3]) + (f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else "")
+    raise TLError(f"no model spec found in the artifacts: {shown}; give the checkpoint TARGET too")
 
 
 def bench_images(spec, *, ckpt: dict | None, val_dir: str | Path | None, limit: int):

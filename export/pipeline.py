@@ -149,6 +149,7 @@ def _preflight(o: ExportOptions) -> None:
 
 def _prepare(o: ExportOptions, reporter: Reporter, work: Path) -> ExportContext:
     from tl.export import parity as par
+    from tl.runtime.files import ensure_output_dir
     from tl.train.checkpoint import load_model
 
     model, spec, ckpt = load_model(o.checkpoint)
@@ -157,10 +158,7 @@ def _prepare(o: ExportOptions, reporter: Reporter, work: Path) -> ExportContext:
         from tl.export.int8 import calibration_images
 
         calib_files = calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
-    out = o.output_dir()
-    if out.exists() and not out.is_dir():
-        raise TLError(f"--out {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(o.output_dir(), option="--out")
     with reporter.task("eager PyTorch FP32 reference"):
         images = par.parity_images(spec=spec, ckpt=ckpt, val_dir=o.val_dir, count=o.parity_count)
         reference = par.torch_logits(model, images.batch)

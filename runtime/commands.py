@@ -108,13 +108,16 @@ def _render(preds, fmt: str, clf, shown: dict[str, str]) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{clf.path.name} ({clf.precision}, {clf.backend_name})", title_justify="left")
+    from tl.console import shown as safe
+
+    table = Table(title=f"{safe(clf.path.name)} ({clf.precision}, {clf.backend_name})", title_justify="left")
     table.add_column("image", overflow="fold")
     table.add_column("label")
     table.add_column("score", justify="right")
     table.add_column("top-k")
     for p in preds:
-        table.add_row(shown.get(p.source or "", p.source or "<array>"), p.label, f"{p.score:.3f}", ", ".join(f"{l} {s:.3f}" for l, s in p.top_k[1:]))
+        table.add_row(safe(shown.get(p.source or "", p.source or "<array>")), safe(p.label), f"{p.score:.3f}",
+                      ", ".join(f"{safe(l)} {s:.3f}" for l, s in p.top_k[1:]))
     buf = io.StringIO()
     Console(file=buf, width=120, no_color=True, highlight=False).print(table)
     return buf.getvalue()
@@ -133,6 +136,8 @@ def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+
+    from tl.console import shown
 
     console = Console(highlight=False, soft_wrap=True)
     art = data["artifact"]
@@ -153,8 +158,8 @@ def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
             t.add_row(io_kind[:-1], f"{x['name']} {x['shape']} {x.get('dtype', '')}{extra}")
     if spec:
         pre = spec["preprocess"]
-        t.add_row("arch", spec["arch"])
-        t.add_row("classes", f"{spec['num_classes']}: {', '.join(spec['classes'])}")
+        t.add_row("arch", shown(spec["arch"]))
+        t.add_row("classes", f"{spec['num_classes']}: {', '.join(map(shown, spec['classes']))}")
         t.add_row("input size", f"{spec['input']['height']}x{spec['input']['width']} {spec['input']['layout']}")
         t.add_row("preprocess", f"{pre['resize_mode']} {pre['resize_size']} {pre['interpolation']}, "
                                 f"mean {pre['mean']}, std {pre['std']}")

@@ -6,10 +6,12 @@ is built from the same ModelSpec; the runtime uses `preprocess`. No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -83,8 +85,39 @@ def sample_files(files: Sequence[str | os.PathLike], count: int, *, seed: int = 
 def _max_pixels() -> int | None:
     env = os.environ.get("TL_MAX_IMAGE_PIXELS")
     if env:
-        return None if env.lower() in ("0", "none") else int(env)
+        if env.lower() in ("0", "none"):
+            return None
+        try:
+            return int(env)
+        except ValueError:
+            raise TLError(f"TL_MAX_IMAGE_PIXELS must be a pixel count, or none for no limit (got {env!r})") from None
     return Image.MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def pixel_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb limit set from TL_MAX_IMAGE_PIXELS for the block.
+
+    Pillow reads a module global, so threads that decode must run inside one block,
+    not each set and restore it.
+    """
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = _max_pixels()
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def bomb_reason(e: Exception) -> str:
+    """Why an image was refused as a decompression bomb, and how to let it through."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(e))
+    size, limit = (int(found.group(1)), int(found.group(2))) if found else (None, None)
+    what = f"{size:,} pixels is" if size else "it is"
+    over = f" of {limit:,} pixels" if limit else ""
+    raise_to = f"TL_MAX_IMAGE_PIXELS={size}" if size else "TL_MAX_IMAGE_PIXELS to a larger pixel count"
+    return (f"{what} above Pillow's decompression-bomb limit{over}, which stops a small file from expanding "
+            f"to gigabytes in memory; if you trust this image, set {raise_to} (or none for no limit)")
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -92,26 +125,21 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise TLError(f"image not found: {path}")
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = _max_pixels()
     try:
-        with warnings.catch_warnings():
+        with pixel_limit(), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img.load()
     except Image.DecompressionBombError as e:
-        raise TLError(
-            f"{path}: image is larger than Pillow's decompression-bomb limit ({e}); "
-            "if you trust it, set TL_MAX_IMAGE_PIXELS to a larger pixel count"
-        ) from e
+        raise TLError(f"{path}: {bomb_reason(e)}") from e
     except UnidentifiedImageError as e:
         raise TLError(f"{path}: not a readable image (corrupt or unsupported format)") from e
+    except PermissionError as e:
+        raise TLError(f"{path}: cannot be read: permission denied") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise TLError(f"{path}: corrupt or truncated image ({e})") from e
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
     return img
 
 

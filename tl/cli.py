@@ -92,6 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        # Last resort for a file operation no TLError wrapped: it names its file, so it is
+        # the user's to fix (a read-only folder, a full disk). One without a file is a bug.
+        if debug or not e.filename:
+            raise
+        from tl.runtime.files import os_error_message
+
+        click.echo(f"error: {os_error_message(e)}", err=True)
+        sys.exit(1)
     sys.exit(0)
 
 

@@ -22,6 +22,17 @@ from tl.runtime.progress import Reporter, Task
 PIPE_WIDTH = 160
 
 
+def shown(text: object) -> str:
+    """Text that came from a file (class names, an arch) made safe to print in a rich table.
+
+    A model file is data from anywhere: control characters (ANSI escape sequences that
+    recolour or clear the terminal, carriage returns, bidi overrides) are printed as
+    Python escapes (``\\x1b``) and rich markup (``[bold]``) as literal brackets.
+    """
+    s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return escape(s)
+
+
 def stdout_console(**kwargs: Any) -> Console:
     """Console for results (tables, summaries) on stdout."""
     kwargs.setdefault("width", None if sys.stdout.isatty() else PIPE_WIDTH)

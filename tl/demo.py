@@ -192,10 +192,11 @@ def run_demo(out: str | Path = "runs/demo", *, console=None,
              steps: list[tuple[str, Callable[[DemoContext], None]]] | None = None) -> DemoContext:
     """Run the demo steps in order; returns the context with every step's results."""
     from tl.console import stdout_console
+    from tl.runtime.files import ensure_output_dir
 
     console = console or stdout_console()
     ctx = DemoContext(out=Path(out), console=console)
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(ctx.out, option="--out")
     for name, step in steps if steps is not None else STEPS:
         t0 = time.perf_counter()
         step(ctx)

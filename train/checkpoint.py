@@ -6,6 +6,7 @@ and in last.pt the optimizer/scheduler/scaler/RNG state for --resume.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,30 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+WEIGHTS_ONLY_NOTE = "tl loads checkpoints with torch.load(weights_only=True), which never runs code from a file"
+
+
+def load_refusal(e: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one line and without torch's advice to
+    retry with weights_only=False: wrong advice for a file that may be hostile."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if found:
+        return f"it holds Python objects ({found.group(1)}), not only tensors and plain values"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return "it is not a file that torch.save wrote, or it is damaged"
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Atomic: temp file + os.replace, so an interrupted save never leaves a broken best.pt."""
+    """Atomic: temp file + os.replace, so an interrupted save never leaves a broken best.pt.
+
+    torch.save writes through a Python file so that a failed write (a full disk) keeps its
+    OSError, which atomic_path turns into "could not write PATH: why".
+    """
     if "spec" not in payload or "state_dict" not in payload:
         raise ValueError("a checkpoint needs 'spec' and 'state_dict'")
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -42,7 +61,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TLError(f"{path} is not a tl checkpoint ({type(e).__name__}: {e})") from e
+        raise TLError(f"{path} is not a tl checkpoint: {load_refusal(e)}. {WEIGHTS_ONLY_NOTE}; "
+                      "give a best.pt or last.pt written by 'tl train'") from e
     if not isinstance(ckpt, dict) or "spec" not in ckpt or "state_dict" not in ckpt:
         raise TLError(f"{path} is not a tl checkpoint (no 'spec'/'state_dict'); train one with 'tl train'")
     ckpt["path"] = str(path)
@@ -51,7 +71,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Checkpoint -> (eval-mode model on device, its ModelSpec, the checkpoint dict)."""
-    from tl.train.models import build_model
+    from tl.train.models import build_model, describe_mismatch
 
     ckpt = load_checkpoint(path)
     spec = ModelSpec.from_dict(ckpt["spec"])
@@ -59,5 +79,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise TLError(f"{path}: weights do not fit {spec.arch} with {spec.num_classes} classes ({e})") from e
+        raise TLError(f"{path}: weights do not fit {spec.arch} with {spec.num_classes} classes "
+                      f"({describe_mismatch(ckpt['state_dict'], spec.arch)}); the checkpoint is inconsistent, "
+                      "re-save it from 'tl train'") from e
     return model.to(device).eval(), spec, ckpt

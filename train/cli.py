@@ -42,13 +42,14 @@ def synth(out, classes, per_class, size, seed, val_fraction):
     from pathlib import Path
 
     from tl.runtime.errors import TLError
+    from tl.runtime.files import ensure_output_dir
     from tl.train.synth import SynthOptions, make_dataset
 
+    options = SynthOptions(classes=classes, per_class=per_class, size=size, seed=seed, val_fraction=val_fraction)
     out_path = Path(out)
     if out_path.exists() and any(out_path.iterdir()):
         raise TLError(f"{out_path} exists and is not empty; pick a new folder")
-    make_dataset(out_path, SynthOptions(classes=classes, per_class=per_class, size=size, seed=seed,
-                                        val_fraction=val_fraction))
+    make_dataset(ensure_output_dir(out_path, option="OUT"), options)
     n_files = sum(1 for p in out_path.rglob("*") if p.is_file())
     click.echo(f"wrote {n_files} images ({classes} classes) to {out_path}/train and {out_path}/val")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from PIL import Image, UnidentifiedImageError
 
 from tl.runtime.errors import TLError
-from tl.runtime.images import is_image_file, load_image
+from tl.runtime.images import bomb_reason, is_image_file, load_image, pixel_limit
 
 
 @dataclass
@@ -53,12 +53,23 @@ class RunData:
         }
 
 
+def _require_readable(folder: Path, what: str) -> None:
+    """A folder that cannot be listed would read as empty (pathlib's glob skips it silently): say why."""
+    try:
+        with os.scandir(folder):
+            pass
+    except PermissionError as e:
+        raise TLError(f"{what} {folder} cannot be read: permission denied; "
+                      "make it readable (chmod -R u+rX) or remove it") from e
+
+
 def find_classes(folder: Path) -> list[str]:
     """Class names = sub-folder names, sorted (ImageFolder's convention)."""
     if not folder.exists():
         raise TLError(f"data folder not found: {folder}")
     if not folder.is_dir():
         raise TLError(f"{folder} is not a folder; give a folder with one sub-folder of images per class")
+    _require_readable(folder, "data folder")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise TLError(
@@ -80,6 +91,7 @@ def scan(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
         d = folder / name
         if not d.is_dir():
             raise TLError(f"class folder missing: {d} (every split needs the same classes: {', '.join(classes)})")
+        _require_readable(d, "class folder")
         found = sorted(
             p for p in d.rglob("*") if p.is_file() and is_image_file(p)
             and not any(part.startswith(".") for part in p.relative_to(d).parts)
@@ -100,10 +112,12 @@ def check_image(path: Path) -> str | None:
                 if img.format == "JPEG":
                     img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.load()
-    except Image.DecompressionBombError:
-        return "larger than Pillow's decompression-bomb limit (set TL_MAX_IMAGE_PIXELS if you trust it)"
+    except Image.DecompressionBombError as e:
+        return bomb_reason(e)
     except UnidentifiedImageError:
         return "not a readable image (corrupt or unsupported format)"
+    except PermissionError:
+        return "cannot be read: permission denied"
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return f"corrupt or truncated image ({e})"
     return None
@@ -112,7 +126,7 @@ def check_image(path: Path) -> str | None:
 def check_images(files: list[Path], *, threads: int | None = None) -> list[tuple[Path, str]]:
     """(path, reason) for every file that does not decode; threads because Pillow releases the GIL."""
     threads = threads or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with pixel_limit(), ThreadPoolExecutor(max_workers=threads) as pool:
         reasons = list(pool.map(check_image, files, chunksize=16))
     return [(p, r) for p, r in zip(files, reasons) if r is not None]
 

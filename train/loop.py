@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tl.runtime.errors import TLError
-from tl.runtime.files import atomic_write_text
+from tl.runtime.files import atomic_write_text, ensure_output_dir
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
 from tl.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
@@ -163,11 +163,22 @@ def _prepare_run_dir(o: TrainOptions, resume: dict | None) -> tuple[RunData, Mod
         run_dir = Path(resume["path"]).parent
     else:
         run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if resume is None and ((run_dir / "best.pt").exists() or (run_dir / "last.pt").exists()):
-        raise TLError(f"{run_dir} already holds a run; pass another --out, or --resume {run_dir / 'last.pt'}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        _refuse_earlier_run(run_dir)
+    ensure_output_dir(run_dir, option="--out")
     spec.save(run_dir / "spec.json")
     return data, spec, run_dir
+
+
+def _refuse_earlier_run(run_dir: Path) -> None:
+    """A new run never writes over another; the message offers --resume only when last.pt is there."""
+    held = [name for name in ("best.pt", "last.pt") if (run_dir / name).exists()]
+    if not held:
+        return
+    if "last.pt" in held:
+        raise TLError(f"{run_dir} already holds a run; pass another --out, or --resume {run_dir / 'last.pt'}")
+    raise TLError(f"{run_dir} already holds {' and '.join(held)} from an earlier run but no last.pt to resume from; "
+                  "pass another --out, or remove that folder")
 
 
 def _setup(o: TrainOptions, resume: dict | None) -> _Run:

@@ -5,6 +5,7 @@ The seed replaced `model.fc` on VGG16, which has no `fc`: VGG's head is `classif
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -49,11 +50,17 @@ def head_parameter_names(arch: str) -> tuple[str, ...]:
     return (f"{prefix}.weight", f"{prefix}.bias")
 
 
-def _normalize_head_keys(arch: str, model: nn.Module, state: dict) -> dict:
-    # classifier[-1] is stored under its real index (e.g. classifier.3).
+def _normalize_head_keys(arch: str, model: nn.Module | None, state: dict) -> set:
+    """The head's keys as stored; classifier[-1] under its real index (e.g. classifier.3).
+
+    Without a model, the index is the highest ``classifier.N`` in ``state``.
+    """
     attr, idx = head_path(arch)
     if idx == -1:
-        real = len(getattr(model, attr)) - 1
+        if model is not None:
+            real = len(getattr(model, attr)) - 1
+        else:
+            real = max((int(m.group(1)) for k in state if (m := re.fullmatch(rf"{attr}\.(\d+)\.weight", k))), default=0)
         return {f"{attr}.{real}.weight", f"{attr}.{real}.bias"}
     return set(head_parameter_names(arch))
 
@@ -88,13 +95,45 @@ def build_model(arch: str, num_classes: int, weights: str | Path | None = "none"
     return replace_head(model, arch, num_classes)
 
 
+def guess_arch(state: dict) -> str | None:
+    """The architecture in ARCHS whose tensors (names and shapes, head aside) ``state`` holds, if any.
+
+    Models are built on the meta device: shapes only, no memory, under a second for all.
+    """
+    import torchvision
+
+    best, best_score = None, 0.0
+    for arch in ARCHS:
+        with torch.device("meta"):
+            ref = torchvision.models.get_model(arch, weights=None).state_dict()
+        head = _normalize_head_keys(arch, None, ref)
+        body = {k: tuple(v.shape) for k, v in ref.items() if k not in head}
+        theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items() if k not in head}
+        same = sum(1 for k, shape in body.items() if theirs.get(k) == shape)
+        score = same / max(1, len(set(body) | set(theirs)))
+        if score > best_score:
+            best, best_score = arch, score
+    return best if best_score >= 0.9 else None
+
+
+def describe_mismatch(state: dict, arch: str) -> str:
+    """One short reason why ``state`` does not load into ``arch``: the architecture it looks like."""
+    guess = guess_arch(state)
+    if guess is not None and guess != arch:
+        return f"it holds {guess} weights, not {arch}"
+    return f"its tensors are not those of torchvision's {arch} or of any other architecture tl knows"
+
+
 def _load_weights_file(model: nn.Module, arch: str, path: Path) -> None:
+    from tl.train.checkpoint import WEIGHTS_ONLY_NOTE, load_refusal
+
     if not path.is_file():
         raise TLError(f"--weights: file not found: {path} (use 'imagenet', 'none' or a state_dict file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TLError(f"--weights: {path} is not a loadable state_dict ({type(e).__name__}: {e})") from e
+        raise TLError(f"--weights: {path} is not a loadable state_dict: {load_refusal(e)}. {WEIGHTS_ONLY_NOTE}; "
+                      "give torch.save(model.state_dict(), PATH) of a torchvision model, 'imagenet' or 'none'") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -108,12 +147,17 @@ def _load_weights_file(model: nn.Module, arch: str, path: Path) -> None:
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     if missing or unexpected or mismatched:
+        guess = guess_arch(state)
+        if guess is not None and guess != arch:
+            raise TLError(f"--weights: {path} does not match {arch}: it holds {guess} weights; "
+                          f"pass --arch {guess}, or weights saved from {arch}")
         detail = "; ".join(
-            f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            f"{len(keys)} {name} (e.g. {keys[0]})"
             for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
             if keys
         )
-        raise TLError(f"--weights: {path} does not match {arch} ({detail})")
+        raise TLError(f"--weights: {path} does not match {arch} ({detail}); give weights saved from "
+                      f"torchvision's {arch}")
     model.load_state_dict(state, strict=False)
 
 

@@ -27,6 +27,9 @@ AUGMENTS = ("seed", "standard", "none")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine")
 FREEZE = ("none", "features")
+# Far above any real input (torchvision's models are trained at 224-600 px) and far below
+# what exhausts memory: one 100000 px image is 30 GB of RGB, killed by the OOM killer silently.
+MAX_IMAGE_SIZE = 4096
 
 __all__ = ["ARCHS", "AUGMENTS", "FREEZE", "INTERPOLATIONS", "OPTIMIZERS", "RESIZE_MODES", "SCHEDULERS",
            "TrainOptions", "parse_device"]
@@ -97,7 +100,10 @@ class TrainOptions:
         checks = (
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
-            (self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
+            (16 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"--image-size must be between 16 and {MAX_IMAGE_SIZE} pixels (got {self.image_size})"),
+            (self.resize_size is None or 16 <= self.resize_size <= MAX_IMAGE_SIZE,
+             f"resize_size must be between 16 and {MAX_IMAGE_SIZE} pixels (got {self.resize_size})"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number (got {self.lr})"),
             (self.momentum >= 0, f"--momentum must be >= 0 (got {self.momentum})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from tl.console import shown
+
 if TYPE_CHECKING:
     from tl.train.loop import TrainResult
 
@@ -24,7 +26,7 @@ def render_summary(result: "TrainResult") -> Table:
     table.add_column("recall", justify="right")
     table.add_column("images", justify="right")
     for row in result.per_class:
-        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", str(row["support"]))
+        table.add_row(shown(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", str(row["support"]))
     return table
 
 

@@ -14,6 +14,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from tl.runtime.errors import TLError
+from tl.runtime.files import atomic_path
+
+# Bounds a real dataset never reaches; beyond them a typo (--size 100000: 30 GB per image)
+# ends in the OOM killer or a full disk instead of a message.
+MAX_SIZE = 4096
+MAX_PER_CLASS = 100_000
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "hexagon", "bar", "crescent", "diamond")
 
@@ -25,6 +31,19 @@ class SynthOptions:
     size: int = 64
     seed: int = 0
     val_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        """Checked when built, so the CLI refuses before it creates any folder."""
+        checks = (
+            (2 <= self.classes <= len(SHAPES), f"--classes must be between 2 and {len(SHAPES)} (got {self.classes})"),
+            (2 <= self.per_class <= MAX_PER_CLASS,
+             f"--per-class must be between 2 and {MAX_PER_CLASS} (got {self.per_class})"),
+            (16 <= self.size <= MAX_SIZE, f"--size must be between 16 and {MAX_SIZE} pixels (got {self.size})"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise TLError(message)
 
 
 def _polygon(cx, cy, r, n, rot, inner=None):
@@ -101,14 +120,6 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
 def make_dataset(out: str | Path, options: SynthOptions = SynthOptions()) -> Path:
     """Write OUT/train/<class>/ and OUT/val/<class>/ and return OUT."""
     o = options
-    if not 2 <= o.classes <= len(SHAPES):
-        raise TLError(f"--classes must be between 2 and {len(SHAPES)} (got {o.classes})")
-    if o.per_class < 2:
-        raise TLError(f"--per-class must be at least 2 (got {o.per_class})")
-    if o.size < 16:
-        raise TLError(f"--size must be at least 16 pixels (got {o.size})")
-    if not 0 < o.val_fraction < 1:
-        raise TLError(f"--val-fraction must be between 0 and 1 (got {o.val_fraction})")
     out = Path(out)
     n_val = max(1, int(round(o.per_class * o.val_fraction)))
     for c, shape in enumerate(SHAPES[: o.classes]):
@@ -117,9 +128,10 @@ def make_dataset(out: str | Path, options: SynthOptions = SynthOptions()) -> Pat
             img = draw_shape(shape, o.size, rng)
             split = "val" if i < n_val else "train"
             folder = out / split / shape
-            folder.mkdir(parents=True, exist_ok=True)
             if i % 2 == 0:
-                img.save(folder / f"{shape}_{i:04d}.jpg", quality=92)
+                with atomic_path(folder / f"{shape}_{i:04d}.jpg") as tmp:
+                    img.save(tmp, format="JPEG", quality=92)
             else:
-                img.save(folder / f"{shape}_{i:04d}.png", optimize=False)
+                with atomic_path(folder / f"{shape}_{i:04d}.png") as tmp:
+                    img.save(tmp, format="PNG", optimize=False)
     return out

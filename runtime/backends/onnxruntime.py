@@ -93,6 +93,8 @@ class OnnxRuntimeBackend:
         if not self.path.is_file():
             raise TLError(f"model not found: {self.path}")
         self.meta = read_onnx_meta(self.path)  # TLError if it is not ONNX at all
+        self.spec_source = ("its tl.spec metadata" if spec is None
+                            else f"the spec {spec}" if not isinstance(spec, ModelSpec) else "the spec given (--spec)")
         self.spec = self._resolve_spec(spec)
         self.precision = self.meta.precision()
         self.device = int(device)
@@ -125,6 +127,7 @@ class OnnxRuntimeBackend:
             raise TLError(f"{self.path}: expected one image input and a logits output, found "
                           f"{len(inputs)} inputs / {len(outputs)} outputs")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self._check_spec_fits(inputs[0].shape, outputs[0].shape)
         self.input_dtype = _NP_TYPES.get(inputs[0].type, np.float32)
         batch_dim = inputs[0].shape[0] if inputs[0].shape else None
         fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
@@ -142,6 +145,25 @@ class OnnxRuntimeBackend:
         if spec is not None:
             return spec if isinstance(spec, ModelSpec) else ModelSpec.load(spec)
         return spec_from_metadata(self.meta.metadata, self.path)
+
+    def _check_spec_fits(self, input_shape, output_shape) -> None:
+        """The spec's C x H x W and class count against the model's static dims, before a run fails in ORT."""
+        def static(dims) -> list[int | None]:
+            return [d if isinstance(d, int) and d > 0 else None for d in (dims or [])]
+
+        s = self.spec
+        problems = []
+        dims = static(input_shape)
+        want = (s.input.channels, s.input.height, s.input.width)
+        if len(dims) == 4 and any(d is not None and d != w for d, w in zip(dims[1:], want)):
+            got = "x".join("?" if d is None else str(d) for d in dims[1:])
+            problems.append(f"its input is {got} (CxHxW) but {self.spec_source} says {'x'.join(map(str, want))}")
+        out = static(output_shape)
+        if out and out[-1] is not None and out[-1] != s.num_classes:
+            problems.append(f"it outputs {out[-1]} classes but {self.spec_source} has {s.num_classes}")
+        if problems:
+            raise TLError(f"{self.path}: the spec does not belong to this model: {'; '.join(problems)}. "
+                          "Use the spec.json that was exported with this model")
 
     def _trt_options(self, cache_dir, profile_max: int) -> dict:
         from tl.runtime.files import sha256_file
