@@ -134,12 +134,11 @@ def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
-    from tl.console import shown
+    from tl.console import shown, stdout_console
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = stdout_console(soft_wrap=True)
     art = data["artifact"]
     spec = art.get("spec")
     t = Table(title=f"{Path(art['file']).name}", show_header=False, title_justify="left")
@@ -170,18 +169,23 @@ def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
             t.add_row(f"build.{k}", str(v))
     console.print(t)
     if env:
-        e = data["environment"]
-        ort = e["onnxruntime"]
-        et = Table(title="environment", show_header=False, title_justify="left")
-        et.add_column("key", style="bold")
-        et.add_column("value", overflow="fold")
-        et.add_row("python", f"{e['python']} on {e['platform']}")
-        et.add_row("numpy / Pillow", f"{e['numpy']} / {e['pillow']}")
-        et.add_row("onnxruntime", f"{ort['version']}: {', '.join(ort['providers'])}" if ort else "not installed")
-        et.add_row("tensorrt", e["tensorrt"] or "not installed")
-        et.add_row("cpu", f"{e['cpu']['model']} ({e['cpu']['usable_cores']} of {e['cpu']['cores']} cores usable)")
-        for i, g in enumerate(e["gpus"]):
-            et.add_row(f"gpu {i}", ", ".join(f"{k} {v}" for k, v in g.items()))
-        if not e["gpus"]:
-            et.add_row("gpu", "none found (no nvidia-smi)")
-        console.print(et)
+        console.print(_environment_table(data["environment"]))
+
+
+def _environment_table(e: dict):
+    from rich.table import Table
+
+    ort = e["onnxruntime"]
+    et = Table(title="environment", show_header=False, title_justify="left")
+    et.add_column("key", style="bold")
+    et.add_column("value", overflow="fold")
+    et.add_row("python", f"{e['python']} on {e['platform']}")
+    et.add_row("numpy / Pillow", f"{e['numpy']} / {e['pillow']}")
+    et.add_row("onnxruntime", f"{ort['version']}: {', '.join(ort['providers'])}" if ort else "not installed")
+    et.add_row("tensorrt", e["tensorrt"] or "not installed")
+    et.add_row("cpu", f"{e['cpu']['model']} ({e['cpu']['usable_cores']} of {e['cpu']['cores']} cores usable)")
+    for i, g in enumerate(e["gpus"]):
+        et.add_row(f"gpu {i}", ", ".join(f"{k} {v}" for k, v in g.items()))
+    if not e["gpus"]:
+        et.add_row("gpu", "none found (no nvidia-smi)")
+    return et
