@@ -322,12 +322,20 @@ def _environment(o: BenchOptions, device: str, spec, ckpt_path, targets: Targets
 
 
 def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
-    """Measure every runner at every batch size; write bench.* into ``options.out`` when given."""
+    """Measure every runner at every batch size; write bench.* into ``options.out`` when given.
+
+    ``options.out`` is locked from the moment the targets are known to be valid until its files are written.
+    """
     o = options
     targets = resolve_targets(list(o.targets))
     device = resolve_device(o.device)
     model, spec, ckpt, ckpt_path = _reference_model(targets)
-    with _torch_threads(o.threads):
+    lock = contextlib.nullcontext()
+    if o.out is not None:
+        from tl.runtime.files import output_lock
+
+        lock = output_lock(o.out, "tl bench")
+    with lock, _torch_threads(o.threads):
         runners = _make_runners(o, targets, device, model, spec)
         x, labels, source = bench_images(spec, ckpt=ckpt, val_dir=o.val_dir, limit=o.images)
         images = {"source": source, "count": int(len(x)), "labelled": labels is not None}
@@ -348,10 +356,10 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
                 _free_cuda(device)
                 rows.extend(runner_rows)
         _speedups(rows)
-    result = BenchResult(rows=rows, environment=env, images=images)
-    if o.out is not None:
-        from tl.benchmarks import report
+        result = BenchResult(rows=rows, environment=env, images=images)
+        if o.out is not None:
+            from tl.benchmarks import report
 
-        result.out = Path(o.out)
-        result.files = report.write_all(result, Path(o.out))
+            result.out = Path(o.out)
+            result.files = report.write_all(result, Path(o.out))
     return result
