@@ -90,3 +90,103 @@ def test_two_trains_into_one_folder_never_mix(small_data, tmp_path):
         assert torch.load(out / name, weights_only=True)["spec"]["classes"] == classes
     assert len(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])) > 0
     assert not (out / LOCK_NAME).exists()
+
+
+def test_train_export_and_bench_refuse_a_folder_in_use(small_data, make_checkpoint, tmp_path):
+    out = tmp_path / "busy"
+    holder = _popen_tl("train", small_data[0], *TINY, "--epochs", "1000", "--batch-size", "4", "--out", out)
+    try:
+        deadline = time.time() + 240
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline and holder.poll() is None:
+            time.sleep(0.2)
+        assert (out / "metrics.jsonl").exists(), holder.communicate(timeout=5)
+        before = {p.name for p in out.iterdir()}
+        ckpt = make_checkpoint("mobilenet_v3_small", image_size=32)
+        for args in (["train", small_data[1], *TINY, "--epochs", "1", "--out", out],
+                     ["export", ckpt, "--out", out, "--parity-count", "2"],
+                     ["bench", ckpt, "--backends", "eager", "--iters", "1", "--warmup", "0", "--out", out]):
+            r = run_tl_subprocess(*args, env=ENV)
+            assert_user_error(r, f"{out} is in use by `tl train` (pid {holder.pid}, since", "pass another --out")
+        assert {p.name for p in out.iterdir()} <= before | {"best.pt", "last.pt", "history.png", "confusion.png"}
+        assert not (out / "export.json").exists() and not (out / "bench.json").exists()
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.communicate(timeout=120)
+    assert holder.returncode == 130
+    assert not (out / LOCK_NAME).exists()
+
+
+# -- 1. export folders are always one export -----------------------------------------------------
+
+
+def _export(tl_cli, ckpt, out, *flags):
+    r = tl_cli("export", ckpt, "--out", out, "--parity-count", "2", *flags)
+    assert r.code == 0, r.err
+    return json.loads((out / "export.json").read_text())
+
+
+def test_reexport_replaces_the_earlier_export_and_stamps_every_artifact(tl_cli, make_checkpoint, tmp_path):
+    a = make_checkpoint("mobilenet_v3_small", image_size=32, seed=0)
+    b = make_checkpoint("mobilenet_v3_small", image_size=32, seed=1)
+    out = tmp_path / "exp"
+    report = _export(tl_cli, a, out, "--onnx", "--fp16")
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.fp16.onnx", "model.onnx"]
+    assert report["checkpoint_sha256"] == sha256_file(a)
+    for name in ("model.onnx", "model.fp16.onnx"):
+        assert onnx_metadata(out / name)[CHECKPOINT_KEY] == sha256_file(a)
+    (out / ".tl-export-staging").mkdir()  # left by an export that was killed
+    (out / ".tl-export-staging" / "model.onnx").write_bytes(b"half")
+    report = _export(tl_cli, b, out, "--onnx")
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]  # A's fp16 file is gone
+    assert [x["file"] for x in report["artifacts"]] == ["model.onnx"]
+    assert report["checkpoint_sha256"] == sha256_file(b) == onnx_metadata(out / "model.onnx")[CHECKPOINT_KEY]
+
+
+def test_interrupted_or_failed_reexport_leaves_the_earlier_export_as_it_was(tl_cli, make_checkpoint, tmp_path,
+                                                                             monkeypatch):
+    import tl.export.fp16 as fp16
+    import tl.export.parity as parity
+
+    a = make_checkpoint("mobilenet_v3_small", image_size=32, seed=0)
+    b = make_checkpoint("mobilenet_v3_small", image_size=32, seed=1)
+    out = tmp_path / "exp"
+    _export(tl_cli, a, out, "--onnx", "--fp16")
+    before = _snapshot(out)
+
+    def interrupt(*args, **kwargs):  # Ctrl-C after B's model.onnx is written and checked
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fp16, "convert_fp16", interrupt)
+    r = tl_cli("export", b, "--out", out, "--onnx", "--fp16", "--parity-count", "2")
+    assert r.code == 130 and "error: interrupted" in r.err
+    assert _snapshot(out) == before
+    monkeypatch.undo()
+
+    monkeypatch.setattr(parity, "FP32_MAX_ABS", -1.0)  # B's model.onnx fails its parity check
+    r = tl_cli("export", b, "--out", out, "--onnx", "--parity-count", "2")
+    assert_user_error(r, "model.onnx does not match PyTorch", f"the earlier export in {out} is unchanged")
+    assert _snapshot(out) == before
+
+
+def test_engine_stamp_in_the_build_record_and_old_sidecars_still_load(tmp_path):
+    """build_engine copies its source ONNX's stamp into the build record; a sidecar from an older tl has none."""
+    from tl.export.trt import TrtFeatures, TrtOptions, build_record, choose_route
+    from tl.runtime.gpu import GpuDevice
+    from tl.runtime.sidecar import read_sidecar, sidecar_path, write_sidecar
+    from tl.runtime.spec import ModelSpec
+
+    spec = ModelSpec.create(arch="resnet18", classes=["a", "b"], image_size=32)
+    features = TrtFeatures(version="10.7.0", strongly_typed=True, fp16_flag=True, int8_flag=True)
+    record = build_record(spec=spec, route=choose_route("fp16", features), options=TrtOptions(), features=features,
+                          gpu=GpuDevice(0, "Orin", "8.7"), onnx_path=tmp_path / "model.fp16.onnx",
+                          onnx_sha256="0" * 64, seconds=1.0, checkpoint_sha256="ab" * 32)
+    engine = tmp_path / "model.fp16.plan"
+    engine.write_bytes(b"x")
+    write_sidecar(engine, spec, record)
+    assert read_sidecar(engine)[1].checkpoint_sha256 == "ab" * 32
+    data = json.loads(sidecar_path(engine).read_text())
+    del data["build"]["checkpoint_sha256"]  # as an older tl wrote it
+    sidecar_path(engine).write_text(json.dumps(data))
+    assert read_sidecar(engine)[1].checkpoint_sha256 == ""
+
+
