@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
-from tl.benchmarks.targets import Targets, bench_images, resolve_targets, spec_of_targets
+from tl.benchmarks.targets import Targets, bench_images, check_provenance, resolve_targets, spec_of_targets
 from tl.runtime.errors import TLError
 from tl.runtime.progress import SILENT, Reporter
 
@@ -111,6 +111,7 @@ def _reference_model(targets: Targets):
     from tl.train.checkpoint import load_model
 
     model, spec, ckpt = load_model(path)
+    check_provenance(targets, Path(ckpt["path"]))
     return model, spec, ckpt, path
 
 

@@ -190,3 +190,50 @@ def test_engine_stamp_in_the_build_record_and_old_sidecars_still_load(tmp_path):
     assert read_sidecar(engine)[1].checkpoint_sha256 == ""
 
 
+# -- 2. bench refuses an export of another checkpoint ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stamped_export(make_checkpoint, tmp_path_factory):
+    from tl.export import ExportOptions, export
+
+    a = make_checkpoint("mobilenet_v3_small", image_size=32, seed=0)
+    out = tmp_path_factory.mktemp("stamped") / "exp"
+    export(ExportOptions(checkpoint=a, out=out, parity_count=2))
+    return a, out
+
+
+def test_bench_refuses_an_export_of_another_checkpoint(stamped_export, make_checkpoint, tmp_path):
+    a, export_dir = stamped_export
+    # Same architecture, classes and size: the specs agree, only the stamp tells the weights apart.
+    b = make_checkpoint("mobilenet_v3_small", image_size=32, seed=1)
+    r = run_tl_subprocess("bench", b, export_dir, "--backends", "eager,ort", "--iters", "1", "--warmup", "0",
+                          "--out", tmp_path / "bench", env=ENV)
+    assert_user_error(r, f"{export_dir / 'model.onnx'} was exported from another checkpoint",
+                      f"sha256 {sha256_file(a)[:12]}", f"not from {b}", f"sha256 {sha256_file(b)[:12]}")
+    assert not (tmp_path / "bench" / "bench.json").exists()
+
+
+def test_bench_unstamped_artifact_falls_back_to_the_spec_and_arch(stamped_export, make_checkpoint, tmp_path):
+    """An ONNX file from an older tl (no stamp): a resnet18 checkpoint vs a mobilenet export is still caught."""
+    import onnx
+
+    from tl.benchmarks import BenchOptions, run
+
+    _, export_dir = stamped_export
+    proto = onnx.load(str(export_dir / "model.onnx"))
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != CHECKPOINT_KEY]
+    del proto.metadata_props[:]
+    for k, v in keep:
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+    old = tmp_path / "model.onnx"
+    onnx.save_model(proto, str(old))
+    assert CHECKPOINT_KEY not in onnx_metadata(old)
+    resnet = make_checkpoint("resnet18", image_size=32)
+    res = run(BenchOptions(targets=[resnet, old], device="cpu", backends=["ort"], batch_sizes=[1], iters=1,
+                           warmup=0, images=2))
+    assert res.rows and all(r.status == "failed" for r in res.rows), res.rows
+    assert "not exported from the benchmarked checkpoint (arch mobilenet_v3_small, checkpoint resnet18)" in res.rows[0].error
+
+
