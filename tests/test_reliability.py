@@ -116,6 +116,55 @@ def test_train_export_and_bench_refuse_a_folder_in_use(small_data, make_checkpoi
     assert not (out / LOCK_NAME).exists()
 
 
+# -- 1. predict -o never overwrites what it reads ------------------------------------------------
+
+
+@pytest.fixture
+def predict_setup(make_onnx, synth_data, tmp_path):
+    from tl.runtime import Classifier
+    from tl.runtime.sidecar import BuildRecord, write_sidecar
+
+    onnx_path = shutil.copy(make_onnx()[0], tmp_path / "model.onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted((synth_data / "val" / "circle").iterdir())[:2]:
+        shutil.copy(f, photos / f.name)
+    spec = Classifier.load(onnx_path).spec
+    spec.save(tmp_path / "spec.json")
+    plan = tmp_path / "model.fp16.plan"
+    plan.write_bytes(b"not a real plan")
+    write_sidecar(plan, spec, BuildRecord(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                                          precision="fp16", profile={"min": [1, 3, 64, 64], "opt": [8, 3, 64, 64],
+                                                                     "max": [32, 3, 64, 64]}))
+    return Path(onnx_path), photos, plan
+
+
+@pytest.mark.parametrize("model, target, fragment", [
+    ("onnx", "onnx", "is the model"),
+    ("plan", "sidecar", "is the model's sidecar"),
+    ("onnx", "image", "is an input image"),
+    ("onnx", "spec", "is the --spec file"),
+    ("onnx", "folder", "is a folder"),
+])
+def test_predict_output_never_overwrites_an_input(predict_setup, tmp_path, model, target, fragment):
+    onnx_path, photos, plan = predict_setup
+    image = sorted(photos.iterdir())[0]
+    paths = {"onnx": onnx_path, "plan": plan, "sidecar": plan.with_name(plan.name + ".json"), "image": image,
+             "spec": tmp_path / "spec.json", "folder": photos}
+    before = {p: p.read_bytes() for p in (onnx_path, plan, paths["sidecar"], image, paths["spec"])}
+    args = ["predict", paths[model], photos, "-o", paths[target]]
+    if target == "spec":
+        args += ["--spec", paths["spec"]]
+    r = run_tl_subprocess(*args)
+    assert_user_error(r, f"-o {paths[target]} {fragment}")
+    assert {p: p.read_bytes() for p in before} == before
+    # A path that reaches the model another way (a symlink) is the model too.
+    if target == "onnx":
+        (tmp_path / "link.txt").symlink_to(onnx_path)
+        assert_user_error(run_tl_subprocess("predict", onnx_path, photos, "-o", tmp_path / "link.txt"), "is the model")
+        assert onnx_path.read_bytes() == before[onnx_path]
+
+
 # -- 1. export folders are always one export -----------------------------------------------------
 
 
@@ -237,3 +286,41 @@ def test_bench_unstamped_artifact_falls_back_to_the_spec_and_arch(stamped_export
     assert "not exported from the benchmarked checkpoint (arch mobilenet_v3_small, checkpoint resnet18)" in res.rows[0].error
 
 
+# -- 2. the Classifier validates at its boundary -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clf(make_onnx):
+    from tl.runtime import Classifier
+
+    return Classifier.load(make_onnx()[0], providers="cpu")
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint8),
+                                 np.zeros((8, 8, 0), np.uint8), np.zeros((0, 5, 3), np.float32),
+                                 Image.new("RGB", (0, 0))], ids=["0x0x3", "0x0", "8x8x0", "float0x5", "pil0x0"])
+def test_empty_images_are_refused(clf, bad):
+    with pytest.raises(TLError, match="empty image"):
+        clf.predict(bad)
+    with pytest.raises(TLError, match="empty image"):
+        clf.preprocess(bad)
+    with pytest.raises(TLError, match="empty image"):
+        clf.predict([np.zeros((8, 8, 3), np.uint8), bad])
+
+
+def test_batch_size_and_threads_are_checked(clf, make_onnx, synth_data):
+    from tl.runtime import Classifier
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    for size in (0, -1):
+        with pytest.raises(TLError, match="batch_size must be at least 1"):
+            clf.predict(img, batch_size=size)
+    assert len(clf.predict([img, img], batch_size=1)) == 2
+    for n in (0, -4):
+        with pytest.raises(TLError, match="intra_op_threads must be at least 1"):
+            Classifier.load(make_onnx()[0], providers="cpu", intra_op_threads=n)
+    photo = next((synth_data / "val" / "circle").iterdir())
+    for flag, value in (("--threads", "-4"), ("--threads", "0"), ("--batch-size", "0")):
+        r = run_tl_subprocess("predict", make_onnx()[0], photo, flag, value)
+        assert_user_error(r, flag)
+        assert r.code == 2
