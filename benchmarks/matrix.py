@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
-from tl.benchmarks.targets import Targets, bench_images, resolve_targets, spec_of_targets
+from tl.benchmarks.targets import Targets, bench_images, check_provenance, resolve_targets, spec_of_targets
 from tl.runtime.errors import TLError
 from tl.runtime.files import ensure_output_dir
 from tl.runtime.progress import SILENT, Reporter
@@ -112,6 +112,7 @@ def _reference_model(targets: Targets):
     from tl.train.checkpoint import load_model
 
     model, spec, ckpt = load_model(path)
+    check_provenance(targets, Path(ckpt["path"]))
     return model, spec, ckpt, path
 
 
@@ -323,14 +324,22 @@ def _environment(o: BenchOptions, device: str, spec, ckpt_path, targets: Targets
 
 
 def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
-    """Measure every runner at every batch size; write bench.* into ``options.out`` when given."""
+    """Measure every runner at every batch size; write bench.* into ``options.out`` when given.
+
+    ``options.out`` is locked from the moment the targets are known to be valid until its files are written.
+    """
     o = options
     targets = resolve_targets(list(o.targets))
     if o.out is not None:  # before minutes of timing
         ensure_output_dir(o.out, option="--out")
     device = resolve_device(o.device)
     model, spec, ckpt, ckpt_path = _reference_model(targets)
-    with _torch_threads(o.threads):
+    lock = contextlib.nullcontext()
+    if o.out is not None:
+        from tl.runtime.files import output_lock
+
+        lock = output_lock(o.out, "tl bench")
+    with lock, _torch_threads(o.threads):
         runners = _make_runners(o, targets, device, model, spec)
         x, labels, source = bench_images(spec, ckpt=ckpt, val_dir=o.val_dir, limit=o.images)
         images = {"source": source, "count": int(len(x)), "labelled": labels is not None}
@@ -351,10 +360,10 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
                 _free_cuda(device)
                 rows.extend(runner_rows)
         _speedups(rows)
-    result = BenchResult(rows=rows, environment=env, images=images)
-    if o.out is not None:
-        from tl.benchmarks import report
+        result = BenchResult(rows=rows, environment=env, images=images)
+        if o.out is not None:
+            from tl.benchmarks import report
 
-        result.out = Path(o.out)
-        result.files = report.write_all(result, Path(o.out))
+            result.out = Path(o.out)
+            result.files = report.write_all(result, Path(o.out))
     return result

@@ -234,6 +234,8 @@ class SkippedRunner(Runner):
 
 def spec_mismatch(a: Any, b: Any) -> str | None:
     """Why two ModelSpecs cannot be compared image for image, or None."""
+    if a.arch != b.arch:
+        return f"arch {b.arch}, checkpoint {a.arch}"
     if tuple(a.classes) != tuple(b.classes):
         return "classes differ"
     if (a.input.height, a.input.width) != (b.input.height, b.input.width):

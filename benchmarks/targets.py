@@ -117,6 +117,39 @@ def resolve_targets(paths: Sequence[str | Path]) -> Targets:
     return t
 
 
+def artifact_stamp(path: Path) -> str | None:
+    """The sha256 of the checkpoint an artifact was exported from; None when it carries none (an
+    older tl) or cannot be read (its cell fails and says why)."""
+    from tl.runtime.artifact import CHECKPOINT_KEY, onnx_metadata
+
+    try:
+        if path.suffix.lower() in ONNX_SUFFIXES:
+            return onnx_metadata(path).get(CHECKPOINT_KEY) or None
+        from tl.runtime.sidecar import read_sidecar
+
+        return read_sidecar(path)[1].checkpoint_sha256 or None
+    except (TLError, OSError, ValueError, EOFError):
+        return None
+
+
+def check_provenance(targets: Targets, checkpoint: Path) -> None:
+    """Refuse artifacts stamped with another checkpoint: their rows would compare two different models.
+
+    Unstamped artifacts are left to the runners' spec comparison (``runners.spec_mismatch``).
+    """
+    from tl.runtime.files import sha256_file
+
+    digest = None
+    for a in targets.artifacts:
+        stamp = artifact_stamp(a.path)
+        if stamp is None:
+            continue
+        digest = digest or sha256_file(checkpoint)
+        if stamp != digest:
+            raise TLError(f"{a.path} was exported from another checkpoint (sha256 {stamp[:12]}), not from {checkpoint} "
+                          f"(sha256 {digest[:12]}); bench it with the checkpoint it came from, or export {checkpoint} again")
+
+
 def spec_of_targets(targets: Targets):
     """The spec of the first artifact that carries one (no checkpoint given)."""
     from tl.runtime.artifact import read_spec

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tl.export.onnx import read_spec_and_metadata, save_model, set_metadata
-from tl.runtime.artifact import MAX_BATCH_KEY
+from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY
 
 # Kept in float32: numerically touchy ops; none occur in the supported CNNs, listed for safety.
 FP32_OPS = ["Softmax", "LogSoftmax", "ReduceMean", "Resize", "RandomNormalLike", "RandomUniformLike"]
@@ -30,6 +30,6 @@ def convert_fp16(src: str | Path, path: str | Path) -> Path:
     wrapped = OnnxModel(half)
     wrapped.topological_sort()
     half = wrapped.model
-    set_metadata(half, spec, "fp16", meta.get(MAX_BATCH_KEY))
+    set_metadata(half, spec, "fp16", meta.get(MAX_BATCH_KEY), meta.get(CHECKPOINT_KEY))
     half.producer_name = "tl"
     return save_model(half, path)

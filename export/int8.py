@@ -111,7 +111,7 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from tl.export.onnx import save_model, set_metadata
-    from tl.runtime.artifact import MAX_BATCH_KEY, onnx_metadata, spec_from_metadata
+    from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY, onnx_metadata, spec_from_metadata
 
     if options.method not in CALIB_METHODS:
         raise TLError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {options.method!r})")
@@ -152,7 +152,7 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
         t2 = time.perf_counter()
         task.close()
         proto = onnx.load(str(out))
-        set_metadata(proto, spec, "int8", meta.get(MAX_BATCH_KEY))
+        set_metadata(proto, spec, "int8", meta.get(MAX_BATCH_KEY), meta.get(CHECKPOINT_KEY))
         proto.producer_name = "tl"
         save_model(proto, path)
     return {"preprocess_s": t1 - t0, "calibrate_s": t2 - t1, "images": len(files), "method": options.method}

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from tl.export.options import TORCHSCRIPT_OPSETS
-from tl.runtime.artifact import MAX_BATCH_KEY, PRECISION_KEY, SPEC_KEY, spec_from_metadata
+from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY, PRECISION_KEY, SPEC_KEY, spec_from_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_path
 from tl.runtime.spec import ModelSpec
@@ -20,14 +20,18 @@ from tl.runtime.spec import ModelSpec
 TWO_GB = 2**31
 
 
-def set_metadata(model_proto, spec: ModelSpec, precision: str, max_batch: int | str | None = None) -> None:
-    """Put (or replace) tl.spec, tl.precision (and tl.max_batch) in metadata_props; other keys are kept."""
-    ours = (SPEC_KEY, PRECISION_KEY) + ((MAX_BATCH_KEY,) if max_batch is not None else ())
+def set_metadata(model_proto, spec: ModelSpec, precision: str, max_batch: int | str | None = None,
+                 checkpoint_sha256: str | None = None) -> None:
+    """Put (or replace) tl.spec, tl.precision (tl.max_batch, tl.checkpoint_sha256) in metadata_props; other keys are kept."""
+    ours = ((SPEC_KEY, PRECISION_KEY) + ((MAX_BATCH_KEY,) if max_batch is not None else ())
+            + ((CHECKPOINT_KEY,) if checkpoint_sha256 else ()))
     keep = [(p.key, p.value) for p in model_proto.metadata_props if p.key not in ours]
     del model_proto.metadata_props[:]
     entries = [(SPEC_KEY, spec.to_json()), (PRECISION_KEY, precision)]
     if max_batch is not None:
         entries.append((MAX_BATCH_KEY, str(int(max_batch))))
+    if checkpoint_sha256:
+        entries.append((CHECKPOINT_KEY, checkpoint_sha256))
     for k, v in keep + entries:
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -68,8 +72,10 @@ def save_model(model_proto, path: str | Path, *, check: bool = True) -> Path:
     return Path(path)
 
 
-def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, max_batch: int = 32) -> Path:
-    """Eager torch model -> ``path`` (FP32 ONNX, input "input", output "logits", dynamic batch)."""
+def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, max_batch: int = 32,
+                checkpoint_sha256: str | None = None) -> Path:
+    """Eager torch model -> ``path`` (FP32 ONNX, input "input", output "logits", dynamic batch);
+    ``checkpoint_sha256`` stamps the file with the checkpoint it came from."""
     import torch
 
     if max_batch < 2:
@@ -87,7 +93,7 @@ def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, ma
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         raise RuntimeError(f"asked torch.onnx for opset {opset}, it wrote opset {written}")
-    set_metadata(proto, spec, "fp32", max_batch)
+    set_metadata(proto, spec, "fp32", max_batch, checkpoint_sha256)
     proto.producer_name = "tl"
     return save_model(proto, path)
 

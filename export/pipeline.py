@@ -3,12 +3,20 @@
 The shape of Ultralytics' ``export_<fmt>`` methods under one ``@try_export``: a step writes
 one file and returns its path; :func:`_run_step` times it, reports progress, compares the
 file with eager PyTorch FP32 on the parity images and returns the report row.
+
+The output folder is always one export: the command holds its lock, the steps write into a
+staging folder inside it, and only a complete export is moved in (:func:`_commit`), replacing
+the artifacts of an earlier export and writing export.json last. Every artifact carries the
+sha256 of the checkpoint it came from (ONNX metadata, the engine's build record, export.json).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,11 +27,14 @@ import numpy as np
 
 from tl.export.options import ExportOptions
 from tl.export.parity import ArtifactReport, ParityImages
+from tl.runtime.artifact import ENGINE_SUFFIXES
 from tl.runtime.errors import TLError
+from tl.runtime.files import ensure_output_dir, output_lock
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
 
 ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+STAGING = ".tl-export-staging"  # inside --out: an export in progress (or one killed mid-way)
 
 
 @dataclass
@@ -47,7 +58,9 @@ class ExportContext:
     model: Any
     spec: ModelSpec
     ckpt: dict[str, Any]
-    out: Path
+    checkpoint_sha256: str  # the stamp every artifact carries
+    out: Path  # the export folder: touched only by _commit
+    staging: Path  # where the steps write; moved into ``out`` when every step succeeded
     work: Path  # sources that are not outputs (model.onnx without --onnx) live here, then vanish
     images: ParityImages
     reference: np.ndarray
@@ -57,11 +70,11 @@ class ExportContext:
     reports: list[ArtifactReport] = field(default_factory=list)
 
     def place(self, name: str) -> Path:
-        """Where ``name`` is written: the output folder, or the work folder for a source nobody asked for."""
-        return self.work / name if name == ONNX_NAMES["fp32"] and not self.options.keep_onnx else self.out / name
+        """Where ``name`` is written: the staging folder, or the work folder for a source nobody asked for."""
+        return self.work / name if name == ONNX_NAMES["fp32"] and not self.options.keep_onnx else self.staging / name
 
     def find(self, name: str) -> Path:
-        return self.out / name if (self.out / name).is_file() else self.work / name
+        return self.staging / name if (self.staging / name).is_file() else self.work / name
 
 
 # -- the steps --------------------------------------------------------------------------------
@@ -71,7 +84,8 @@ def step_onnx(ctx: ExportContext) -> Path:
     from tl.export.onnx import export_onnx
 
     o = ctx.options
-    return export_onnx(ctx.model, ctx.spec, ctx.place(ONNX_NAMES["fp32"]), opset=o.opset, max_batch=o.max_batch)
+    return export_onnx(ctx.model, ctx.spec, ctx.place(ONNX_NAMES["fp32"]), opset=o.opset, max_batch=o.max_batch,
+                       checkpoint_sha256=ctx.checkpoint_sha256)
 
 
 def step_fp16(ctx: ExportContext) -> Path:
@@ -94,11 +108,14 @@ def step_int8(ctx: ExportContext) -> Path:
 
 def step_engine(precision: str) -> Callable[[ExportContext], Path]:
     def step(ctx: ExportContext) -> Path:
-        from tl.export.trt import TrtOptions, build_engine
+        from tl.export.trt import TIMING_CACHE, TrtOptions, build_engine
 
         o = ctx.options
-        engine, _ = build_engine(
-            sources=[ctx.out, ctx.work], out_dir=ctx.out, spec=ctx.spec, precision=precision, device=o.device,
+        cache = ctx.out / TIMING_CACHE  # an earlier export's timing cache still speeds this build up
+        if cache.is_file() and not (ctx.staging / TIMING_CACHE).exists():
+            shutil.copyfile(cache, ctx.staging / TIMING_CACHE)
+        engine, _ = build_engine(  # the engine's build record takes the checkpoint stamp from its source ONNX
+            sources=[ctx.staging, ctx.work], out_dir=ctx.staging, spec=ctx.spec, precision=precision, device=o.device,
             options=TrtOptions(min_batch=o.min_batch, opt_batch=o.opt_batch, max_batch=o.max_batch,
                                workspace_gib=o.workspace, opt_level=o.opt_level),
         )
@@ -147,9 +164,8 @@ def _preflight(o: ExportOptions) -> None:
     cuda_device(import_cudart(), o.device)
 
 
-def _prepare(o: ExportOptions, reporter: Reporter, work: Path) -> ExportContext:
-    from tl.export import parity as par
-    from tl.runtime.files import ensure_output_dir
+def _load(o: ExportOptions) -> tuple[Any, ModelSpec, dict[str, Any], list[Path] | None]:
+    """The checkpoint and the calibration images, checked before the output folder is touched."""
     from tl.train.checkpoint import load_model
 
     model, spec, ckpt = load_model(o.checkpoint)
@@ -158,32 +174,105 @@ def _prepare(o: ExportOptions, reporter: Reporter, work: Path) -> ExportContext:
         from tl.export.int8 import calibration_images
 
         calib_files = calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
-    out = ensure_output_dir(o.output_dir(), option="--out")
+    return model, spec, ckpt, calib_files
+
+
+def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path, work: Path) -> ExportContext:
+    from tl.export import parity as par
+    from tl.runtime.files import sha256_file
+
+    model, spec, ckpt, calib_files = loaded
+    staging = out / STAGING
+    _remove(staging)  # left by an export that was killed: we hold the lock, so nobody else is writing it
+    staging.mkdir()
     with reporter.task("eager PyTorch FP32 reference"):
         images = par.parity_images(spec=spec, ckpt=ckpt, val_dir=o.val_dir, count=o.parity_count)
         reference = par.torch_logits(model, images.batch)
-    return ExportContext(options=o, model=model, spec=spec, ckpt=ckpt, out=out, work=work, images=images,
-                         reference=reference, reporter=reporter, calib_files=calib_files)
+    return ExportContext(options=o, model=model, spec=spec, ckpt=ckpt, checkpoint_sha256=sha256_file(ckpt["path"]),
+                         out=out, staging=staging, work=work, images=images, reference=reference,
+                         reporter=reporter, calib_files=calib_files)
 
 
 def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResult:
     """Write the requested artifacts and export.json into ``options.output_dir()``; see the module docstring."""
     _preflight(options)
-    with tempfile.TemporaryDirectory(prefix="tl-export-") as tmp:
-        ctx = _prepare(options, reporter, Path(tmp))
-        for precision, description, step in plan_steps(options):
-            report = _run_step(ctx, precision, description, step)
-            ctx.reports.append(report)
-            if report.status == "failed":  # only FP32 fails: everything else derives from it
-                _remove(ctx.out / report.file)
-                _write_report(ctx)
-                raise TLError(f"{report.file} does not match PyTorch ({report.note}); removed it. "
-                              "This is a bug in the exporter for this model: try another --opset, or report it")
-    kept = [r for r in ctx.reports if (ctx.out / r.file).is_file()]
-    warnings = [f"{r.file}: {r.note}" for r in kept if r.status == "warning"]
-    ctx.reports = kept
-    return ExportResult(out=ctx.out, artifacts=kept, report=_write_report(ctx), images=len(ctx.images.batch),
+    loaded = _load(options)
+    out = ensure_output_dir(options.output_dir(), option="--out")
+    with output_lock(out, "tl export"), tempfile.TemporaryDirectory(prefix="tl-export-") as tmp:
+        try:
+            ctx = _prepare(options, reporter, loaded, out=out, work=Path(tmp))
+            for precision, description, step in plan_steps(options):
+                report = _run_step(ctx, precision, description, step)
+                ctx.reports.append(report)
+                if report.status == "failed":  # only FP32 fails: everything else derives from it
+                    raise _failed(ctx, report)
+            ctx.reports = [r for r in ctx.reports if (ctx.staging / r.file).is_file()]
+            path = _commit(ctx)
+        finally:
+            _remove(out / STAGING)
+    warnings = [f"{r.file}: {r.note}" for r in ctx.reports if r.status == "warning"]
+    return ExportResult(out=out, artifacts=ctx.reports, report=path, images=len(ctx.images.batch),
                         image_source=ctx.images.source, warnings=warnings)
+
+
+def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:
+    """A failed FP32 check: its file is not kept; export.json records the failure unless an earlier export
+    lives in the folder (that one stays exactly as it was)."""
+    _remove(ctx.staging / report.file)
+    cause = (f"{report.file} does not match PyTorch ({report.note}); removed it. "
+             "This is a bug in the exporter for this model: try another --opset, or report it")
+    if (ctx.out / "export.json").exists() or _tl_artifacts(ctx.out):
+        return TLError(f"{cause}. The earlier export in {ctx.out} is unchanged")
+    _write_report(ctx)
+    return TLError(cause)
+
+
+def _tl_artifacts(folder: Path) -> list[Path]:
+    """Files an export writes (model*.onnx, engines and their sidecars) and whatever export.json lists."""
+    listed: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        data = json.loads((folder / "export.json").read_text())
+        listed = {Path(str(a["file"])).name for a in data.get("artifacts", []) if isinstance(a, dict) and a.get("file")}
+
+    def ours(p: Path) -> bool:
+        name = p.name.lower()
+        engine = name.removesuffix(".json")
+        return (name in listed or (name.startswith("model") and name.endswith(".onnx"))
+                or any(engine.endswith(s) for s in ENGINE_SUFFIXES))
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and ours(p))
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C (or SIGTERM) during the few renames of a commit arrives after it, not half-way."""
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _commit(ctx: ExportContext) -> Path:
+    """Move the new artifacts in, remove the earlier export's that this one did not produce, write export.json last.
+
+    export.json goes first too: should the process die between the renames (SIGKILL, power), the folder has
+    no export.json rather than one describing a mix; every artifact still carries its checkpoint stamp.
+    """
+    produced = sorted(p for p in ctx.staging.iterdir() if p.is_file())
+    names = {p.name for p in produced}
+    stale = [p for p in _tl_artifacts(ctx.out) if p.name not in names]
+    with _signals_deferred():
+        (ctx.out / "export.json").unlink(missing_ok=True)
+        for p in produced:
+            os.replace(p, ctx.out / p.name)
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return _write_report(ctx)
 
 
 def _remove(path: Path) -> None:
@@ -198,6 +287,7 @@ def _write_report(ctx: ExportContext) -> Path:
 
     data: dict[str, Any] = {
         "checkpoint": str(Path(ctx.ckpt.get("path", ctx.options.checkpoint)).resolve()),
+        "checkpoint_sha256": ctx.checkpoint_sha256,
         "images": int(len(ctx.images.batch)),
         "image_source": ctx.images.source,
         "artifacts": [r.to_dict() for r in ctx.reports],

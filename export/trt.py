@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tl.runtime.artifact import CHECKPOINT_KEY, onnx_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.files import sha256_file
 from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_tensorrt, trt_create
@@ -125,7 +126,7 @@ def engine_name(precision: str) -> str:
 
 def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: GpuDevice,
                  onnx_path: str | Path, onnx_sha256: str, seconds: float, tl_version: str = "",
-                 timing_cache: str | None = None) -> BuildRecord:
+                 timing_cache: str | None = None, checkpoint_sha256: str = "") -> BuildRecord:
     """Everything the sidecar records about a build (the runtime refuses a mismatched GPU/TensorRT)."""
     return BuildRecord(
         tensorrt_version=features.version,
@@ -141,6 +142,7 @@ def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features
         builder_optimization_level=options.opt_level,
         workspace_gib=options.workspace_gib,
         tl_version=tl_version,
+        checkpoint_sha256=checkpoint_sha256,
         extra={"builder_flags": list(route.builder_flags), "network_flags": list(route.network_flags),
                "route": route.note, "timing_cache": timing_cache},
     )
@@ -299,7 +301,8 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
         atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
     record = build_record(spec=spec, route=route, options=options, features=features, gpu=gpu,
                           onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
-                          tl_version=str(tl_version), timing_cache=cache_state)
+                          tl_version=str(tl_version), timing_cache=cache_state,
+                          checkpoint_sha256=onnx_metadata(onnx_path).get(CHECKPOINT_KEY, ""))
     engine = out_dir / engine_name(precision)
     atomic_write_bytes(engine, memoryview(plan).tobytes())
     write_sidecar(engine, spec, record)

@@ -20,6 +20,7 @@ MODEL_SUFFIXES = ONNX_SUFFIXES + ENGINE_SUFFIXES
 SPEC_KEY = "tl.spec"  # the ModelSpec as JSON
 PRECISION_KEY = "tl.precision"  # fp32 | fp16 | int8
 MAX_BATCH_KEY = "tl.max_batch"  # the dynamic batch bound: the runtime and TensorRT EP profiles size from it
+CHECKPOINT_KEY = "tl.checkpoint_sha256"  # sha256 of the checkpoint file it was exported from (tl bench compares it)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -43,6 +43,28 @@ def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
     return found
 
 
+def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequence[str | Path], found: Inputs) -> None:
+    """``-o`` never replaces what predict reads: the model, its sidecar, a spec or an input file."""
+    from tl.runtime.artifact import ENGINE_SUFFIXES
+    from tl.runtime.sidecar import sidecar_path
+
+    output = Path(output)
+    if output.is_dir():
+        raise TLError(f"-o {output} is a folder; give a file name for the results (e.g. {output / 'predictions.csv'})")
+    inputs = [(Path(model), "the model")]
+    if Path(model).suffix.lower() in ENGINE_SUFFIXES:
+        inputs.append((sidecar_path(model), "the model's sidecar"))
+    if spec is not None:
+        inputs.append((Path(spec), "the --spec file"))
+    inputs += [(f, "an input image") for f in found.images]
+    inputs += [(Path(p), "an input file") for p in paths if Path(p).is_file()]
+    target = output.resolve()
+    for path, what in inputs:
+        if path.resolve() == target or (output.exists() and path.exists() and output.samefile(path)):
+            raise TLError(f"-o {output} is {what} ({path}); writing the results there would destroy it: "
+                          "give another file name")
+
+
 def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",
                 providers=None, spec=None, device=0, threads=None) -> None:
     import numpy as np
@@ -52,6 +74,8 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
     from tl.runtime.images import preprocess_one
 
     found = collect_inputs(paths)
+    if output is not None:
+        check_output(output, model=model, spec=spec if isinstance(spec, (str, Path)) else None, paths=paths, found=found)
     clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
                           intra_op_threads=threads)
     preds, failures = [], []

@@ -1,8 +1,10 @@
-"""Atomic writes: a file either appears complete or not at all, and a failed write is one TLError.
+"""Atomic writes, output folders and their lock.
 
-Every published file goes through :func:`atomic_path`, and every command that creates its
-output folder through :func:`ensure_output_dir`, so an unwritable folder or a full disk
-reads the same everywhere: which file or folder, and why.
+A file either appears complete or not at all, and a failed write is one TLError: every
+published file goes through :func:`atomic_path`, every command that creates its output
+folder through :func:`ensure_output_dir`, so an unwritable folder or a full disk reads the
+same everywhere (which file or folder, and why). :func:`output_lock` keeps two commands
+from writing one folder at once.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
-
 from tl.runtime.errors import TLError
+
+LOCK_NAME = ".tl.lock"  # inside the folder a command writes; never an artifact
 
 # errno -> why, in the user's terms.
 _REASONS = {
@@ -143,3 +148,78 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- the output-folder lock ------------------------------------------------------------------
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what the holder wrote into the lock file."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+        since = time.localtime(float(data["since"]))
+        when = time.strftime("%H:%M:%S" if since[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S", since)
+        return f"`{data['command']}` (pid {int(data['pid'])}, since {when})"
+    except (OSError, ValueError, KeyError, TypeError):  # written a moment from now, or by a future tl
+        return "another tl command"
+
+
+def _open_locked(lock: Path, command: str) -> int:
+    """An fd holding LOCK_EX on ``lock``, after checking it is still the file at that path (a
+    holder that is finishing unlinks it; locking the unlinked inode would lock nothing)."""
+    import fcntl
+
+    for _ in range(20):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder was removed between mkdir and open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = _holder(fd)
+            os.close(fd)
+            raise TLError(f"{lock.parent} is in use by {who}; wait for it to finish or pass another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            record = {"pid": os.getpid(), "command": command, "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+            return fd
+        os.close(fd)
+    raise TLError(f"could not lock {lock.parent}: other tl commands keep taking it; try again")
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if needed) for a whole command.
+
+    Two commands writing one folder would leave files from both that look like one
+    result; the second one fails at once and says who holds the folder. The lock is
+    flock on ``folder/.tl.lock`` (released by the kernel when the process dies, so a
+    killed command never leaves the folder locked); the file is removed when the command ends.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise TLError(f"{folder} is a file; give a folder")
+    try:
+        import fcntl  # noqa: F401 - POSIX only
+    except ImportError:  # no flock here: run unlocked rather than not at all
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    lock = folder / LOCK_NAME
+    fd = _open_locked(lock, command)
+    try:
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still holding it: a newcomer that opened it retries on the new file
+        os.close(fd)

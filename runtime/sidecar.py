@@ -35,6 +35,7 @@ class BuildRecord:
     workspace_gib: float | None = None
     tl_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint_sha256: str = ""  # the checkpoint the source ONNX came from; "" in sidecars of older tl
 
     @property
     def max_batch(self) -> int:

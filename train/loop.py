@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tl.runtime.errors import TLError
-from tl.runtime.files import atomic_write_text, ensure_output_dir
+from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
 from tl.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
@@ -113,14 +113,18 @@ class _Run:
 def fit(options: TrainOptions, *, reporter: Reporter = SILENT) -> TrainResult:
     """Train, validate every epoch, keep best.pt (val accuracy, ties by lower loss) and last.pt."""
     resume = _load_resume(options)
-    run = _setup(options, resume)
-    if resume is not None:
-        _restore(run, resume)
-    reporter.info(_banner(run, resumed=resume is not None))
-    if resume is not None:
-        reporter.info(f"resuming after epoch {run.epoch} from {options.resume}")
-    stopped_early, interrupted = _run_epochs(run, reporter)
-    return _finish(run, stopped_early=stopped_early, interrupted=interrupted)
+    data, spec = _prepare_data(options, resume)
+    run_dir = ensure_output_dir(_run_dir(options, resume), option="--out")
+    with output_lock(run_dir, "tl train") as run_dir:  # one run per folder, checked under the lock
+        _claim_run_dir(options, resume, run_dir, spec)
+        run = _setup(options, resume, data, spec, run_dir)
+        if resume is not None:
+            _restore(run, resume)
+        reporter.info(_banner(run, resumed=resume is not None))
+        if resume is not None:
+            reporter.info(f"resuming after epoch {run.epoch} from {options.resume}")
+        stopped_early, interrupted = _run_epochs(run, reporter)
+        return _finish(run, stopped_early=stopped_early, interrupted=interrupted)
 
 
 # -- setup --------------------------------------------------------------------------------
@@ -145,8 +149,16 @@ def _load_resume(options: TrainOptions) -> dict[str, Any] | None:
     return ckpt
 
 
-def _prepare_run_dir(o: TrainOptions, resume: dict | None) -> tuple[RunData, ModelSpec, Path]:
-    """Read the data, make the spec, and claim the run folder (never over another run)."""
+def _run_dir(o: TrainOptions, resume: dict | None) -> Path:
+    if o.out is not None:
+        return Path(o.out)
+    if resume is not None:
+        return Path(resume["path"]).parent
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _prepare_data(o: TrainOptions, resume: dict | None) -> tuple[RunData, ModelSpec]:
+    """Read the data and make the spec, before the run folder is touched."""
     data = prepare_data(o.data, val_split=o.val_split, seed=o.seed, skip_bad=o.skip_bad)
     spec = ModelSpec.create(
         arch=o.arch, classes=data.classes, image_size=o.image_size,
@@ -157,17 +169,15 @@ def _prepare_run_dir(o: TrainOptions, resume: dict | None) -> tuple[RunData, Mod
             f"{o.resume} was trained on classes {', '.join(resume['spec']['classes'])}, "
             f"but {o.data} has {', '.join(data.classes)}; resume on the same data"
         )
-    if o.out is not None:
-        run_dir = Path(o.out)
-    elif resume is not None:
-        run_dir = Path(resume["path"]).parent
-    else:
-        run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    return data, spec
+
+
+def _claim_run_dir(o: TrainOptions, resume: dict | None, run_dir: Path, spec: ModelSpec) -> None:
+    """Under the folder's lock: never start a run over another run."""
     if resume is None:
         _refuse_earlier_run(run_dir)
-    ensure_output_dir(run_dir, option="--out")
+    run_dir.mkdir(parents=True, exist_ok=True)
     spec.save(run_dir / "spec.json")
-    return data, spec, run_dir
 
 
 def _refuse_earlier_run(run_dir: Path) -> None:
@@ -181,8 +191,7 @@ def _refuse_earlier_run(run_dir: Path) -> None:
                   "pass another --out, or remove that folder")
 
 
-def _setup(o: TrainOptions, resume: dict | None) -> _Run:
-    data, spec, run_dir = _prepare_run_dir(o, resume)
+def _setup(o: TrainOptions, resume: dict | None, data: RunData, spec: ModelSpec, run_dir: Path) -> _Run:
     device = resolve_device(o.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
