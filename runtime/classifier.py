@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from tl.runtime import images
 from tl.runtime.backends import Backend, load_backend
@@ -113,14 +112,7 @@ class Classifier:
     # -- the three steps -------------------------------------------------------------
     def preprocess(self, inputs) -> np.ndarray:
         """Inputs -> NCHW float32, through the one pipeline training also uses."""
-        if isinstance(inputs, np.ndarray) and inputs.ndim <= 3:  # one image, whatever its dtype
-            _check_not_empty(inputs)
-        single = isinstance(inputs, (str, os.PathLike, Image.Image)) or (
-            isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8 and inputs.ndim in (2, 3))
-        items = [inputs] if single else list(inputs)
-        for x in items:
-            _check_not_empty(x)
-        return images.preprocess(items, self.spec)
+        return images.preprocess(inputs, self.spec)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, num_classes) float32; split above max_batch, pad below min_batch."""
@@ -164,17 +156,11 @@ class Classifier:
 
     def predict(self, inputs, top_k: int = 5, batch_size: int | None = None) -> list[Prediction]:
         """Paths / PIL images / uint8 arrays -> Predictions, preprocessing ``batch_size`` at a time."""
-        if isinstance(inputs, np.ndarray) and inputs.ndim <= 3:  # one image, whatever its dtype
-            _check_not_empty(inputs)
-        if isinstance(inputs, (str, os.PathLike, Image.Image)) or not isinstance(inputs, Iterable) or (
-            isinstance(inputs, np.ndarray) and inputs.dtype == np.uint8 and inputs.ndim in (2, 3)
-        ):
+        if images.is_one_image(inputs) or not isinstance(inputs, Iterable):
             inputs = [inputs]
         inputs = list(inputs)
         if batch_size is not None and int(batch_size) < 1:
             raise TLError(f"batch_size must be at least 1 (got {batch_size}); None uses the model's max batch")
-        for x in inputs:  # before any work: a bad image late in a long list fails now, not after the others
-            _check_not_empty(x)
         size = int(batch_size or self.max_batch or DEFAULT_BATCH_SIZE)
         preds: list[Prediction] = []
         for start in range(0, len(inputs), size):
@@ -196,14 +182,6 @@ class Classifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _check_not_empty(x) -> None:
-    """A 0x0 (or HxWx0) image has nothing to classify; resizing it would invent a prediction."""
-    if isinstance(x, np.ndarray) and x.size == 0:
-        raise TLError(f"empty image array (shape {x.shape}); give an image with at least one pixel")
-    if isinstance(x, Image.Image) and (x.width == 0 or x.height == 0):
-        raise TLError(f"empty image ({x.width}x{x.height}); give an image with at least one pixel")
 
 
 def _source_name(x) -> str | None:

@@ -171,9 +171,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def is_one_image(x) -> bool:
+    """One image (a path, a PIL image, an HxW or HxWxC array), not a sequence of them."""
+    return isinstance(x, (str, os.PathLike, Image.Image)) or (isinstance(x, np.ndarray) and x.ndim in (2, 3))
+
+
 def load_image(source: ImageInput) -> Image.Image:
     """Path, PIL image or uint8 HWC / HW array -> RGB PIL image (EXIF applied for files)."""
     if isinstance(source, Image.Image):
+        if source.width == 0 or source.height == 0:  # resizing it would invent a prediction
+            raise TLError(f"empty image ({source.width}x{source.height}); give an image with at least one pixel")
         return to_rgb(source)
     if isinstance(source, np.ndarray):
         return to_rgb(array_to_pil(source))
@@ -183,6 +190,8 @@ def load_image(source: ImageInput) -> Image.Image:
 
 
 def array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.size == 0:
+        raise TLError(f"empty image array (shape {arr.shape}); give an image with at least one pixel")
     if arr.dtype != np.uint8:
         raise TLError(f"image arrays must be uint8 HWC (got dtype {arr.dtype})")
     if arr.ndim == 2:
@@ -236,9 +245,7 @@ def preprocess_one(source: ImageInput, spec: ModelSpec) -> np.ndarray:
 
 def preprocess(sources: Iterable[ImageInput] | ImageInput, spec: ModelSpec) -> np.ndarray:
     """Inputs -> NCHW float32 batch ready for the model."""
-    if isinstance(sources, (str, os.PathLike, Image.Image)) or (
-        isinstance(sources, np.ndarray) and sources.dtype == np.uint8 and sources.ndim in (2, 3)
-    ):
+    if is_one_image(sources):
         sources = [sources]
     arrays: Sequence[np.ndarray] = [preprocess_one(s, spec) for s in sources]
     if not arrays:
