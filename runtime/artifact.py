@@ -70,19 +70,3 @@ def read_spec(path: str | Path) -> ModelSpec:
 
         return read_sidecar(path)[0]
     raise TLError(f"{path}: not a model file tl can read (expected one of {', '.join(MODEL_SUFFIXES)})")
-
-
-def precision_of(path: str | Path) -> str:
-    """The precision an artifact runs in: ONNX metadata or graph, the engine's build record, else its name."""
-    path = Path(path)
-    kind = kind_of(path)
-    if kind == "onnx" and path.is_file():
-        from tl.runtime.onnxmeta import read_onnx_meta
-
-        return read_onnx_meta(path).precision()
-    if kind == "engine":
-        from tl.runtime.sidecar import read_sidecar, sidecar_path
-
-        if sidecar_path(path).is_file():
-            return read_sidecar(path)[1].precision
-    return precision_from_name(path)

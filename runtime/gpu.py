@@ -143,18 +143,6 @@ def cuda_device(cudart, index: int = 0) -> GpuDevice:
     return GpuDevice(index, name, f"{major}.{minor}")
 
 
-def cuda_versions(cudart) -> dict[str, str | None]:
-    """Driver and runtime CUDA versions ("12.6"), None where a call fails."""
-    def fmt(result) -> str | None:
-        try:
-            v = int(cuda_call(cudart, result))
-        except Exception:
-            return None
-        return f"{v // 1000}.{(v % 1000) // 10}"
-
-    return {"driver": fmt(cudart.cudaDriverGetVersion()), "runtime": fmt(cudart.cudaRuntimeGetVersion())}
-
-
 def nvidia_smi() -> list[dict[str, str]]:
     """One entry per GPU from nvidia-smi (name, driver, memory, compute capability); [] without it."""
     smi = shutil.which("nvidia-smi")

@@ -1,6 +1,6 @@
 """ModelSpec: everything a deployed model needs to be used correctly.
 
-It travels with every artifact (checkpoint ``spec`` key, ONNX ``metadata_props["tl.spec"]``,
+It travels with every artifact (checkpoint ``spec`` key, ONNX metadata under ``artifact.SPEC_KEY``,
 TensorRT sidecar JSON), so train and deploy never disagree about preprocessing or labels.
 """
 
