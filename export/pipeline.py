@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +60,7 @@ class ExportContext:
     checkpoint_sha256: str  # the stamp every artifact carries
     out: Path  # the export folder: touched only by _commit
     staging: Path  # where the steps write; moved into ``out`` when every step succeeded
-    work: Path  # sources that are not outputs (model.onnx without --onnx) live here, then vanish
+    work: Path  # inside staging: sources that are not outputs (model.onnx without --onnx); never moved into ``out``
     images: ParityImages
     reference: np.ndarray
     reporter: Reporter
@@ -177,7 +176,7 @@ def _load(o: ExportOptions) -> tuple[Any, ModelSpec, dict[str, Any], list[Path] 
     return model, spec, ckpt, calib_files
 
 
-def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path, work: Path) -> ExportContext:
+def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path) -> ExportContext:
     from tl.export import parity as par
     from tl.runtime.files import sha256_file
 
@@ -185,6 +184,8 @@ def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path, work: P
     staging = out / STAGING
     _remove(staging)  # left by an export that was killed: we hold the lock, so nobody else is writing it
     staging.mkdir()
+    work = staging / "sources"  # a folder: _commit moves only staging's files
+    work.mkdir()
     with reporter.task("eager PyTorch FP32 reference"):
         images = par.parity_images(spec=spec, ckpt=ckpt, val_dir=o.val_dir, count=o.parity_count)
         reference = par.torch_logits(model, images.batch)
@@ -198,9 +199,9 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
     _preflight(options)
     loaded = _load(options)
     out = ensure_output_dir(options.output_dir(), option="--out")
-    with output_lock(out, "tl export"), tempfile.TemporaryDirectory(prefix="tl-export-") as tmp:
+    with output_lock(out, "tl export"):
         try:
-            ctx = _prepare(options, reporter, loaded, out=out, work=Path(tmp))
+            ctx = _prepare(options, reporter, loaded, out=out)
             for precision, description, step in plan_steps(options):
                 report = _run_step(ctx, precision, description, step)
                 ctx.reports.append(report)
