@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tl.runtime.artifact import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, PRECISIONS, precision_from_name
+from tl.runtime.artifact import PRECISIONS, kind_of, precision_from_name
 from tl.runtime.errors import TLError
 
 
@@ -50,12 +50,12 @@ def _export_folder(folder: Path, targets: Targets) -> list[Artifact]:
                 targets.export_checkpoint = Path(ck)
         except (json.JSONDecodeError, AttributeError, TypeError):
             pass  # a damaged export.json: the files themselves still say what they are
-    files = {p.name: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ONNX_SUFFIXES + ENGINE_SUFFIXES}
+    files = {p.name: p for p in folder.iterdir() if p.is_file() and kind_of(p) in ("onnx", "engine")}
     for name in recorded:
         files.setdefault(name, folder / name)  # listed but missing: its cell fails and says so
     out = []
     for name, p in files.items():
-        backend = "trt" if p.suffix.lower() in ENGINE_SUFFIXES else "ort"
+        backend = "trt" if kind_of(p) == "engine" else "ort"
         build_s = None
         if backend == "trt":
             rec = recorded.get(name, {})
@@ -82,12 +82,12 @@ def resolve_targets(paths: Sequence[str | Path]) -> Targets:
         if not p.exists():
             raise TLError(f"{p}: no such file or folder; TARGET is a checkpoint (best.pt), a run folder or an export folder")
         if p.is_file():
-            suffix = p.suffix.lower()
-            if suffix in CHECKPOINT_SUFFIXES:
+            kind = kind_of(p)
+            if kind == "checkpoint":
                 checkpoints.append(p)
-            elif suffix in ONNX_SUFFIXES:
+            elif kind == "onnx":
                 t.artifacts.append(Artifact(p, "ort"))
-            elif suffix in ENGINE_SUFFIXES:
+            elif kind == "engine":
                 t.artifacts.append(Artifact(p, "trt", _sidecar_build_s(p)))
             else:
                 raise TLError(f"{p}: not a checkpoint (.pt) or a model file (.onnx, .plan); TARGET is a checkpoint, a run folder or an export folder")
@@ -123,7 +123,7 @@ def artifact_stamp(path: Path) -> str | None:
     from tl.runtime.artifact import CHECKPOINT_KEY, onnx_metadata
 
     try:
-        if path.suffix.lower() in ONNX_SUFFIXES:
+        if kind_of(path) == "onnx":
             return onnx_metadata(path).get(CHECKPOINT_KEY) or None
         from tl.runtime.sidecar import read_sidecar
 
