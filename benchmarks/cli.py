@@ -6,13 +6,10 @@ here and fits 100 columns (bench.json/csv/md keep every column).
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BenchOptions) if f.default is not dataclasses.MISSING}
+from tl.cli import field_option
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -27,21 +24,18 @@ def _int_list(text: str, what: str) -> list[int]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--device", default=_DEFAULTS["device"], show_default=True, type=click.Choice(DEVICES),
+@field_option(BenchOptions, "device", type=click.Choice(DEVICES),
               help="Where PyTorch and ONNX Runtime run (auto: cuda if torch sees a GPU).")
 @click.option("--backends", default=None, metavar="LIST",
               help=f"Comma-separated subset of {','.join(BACKENDS)} (default: everything that runs on the device).")
-@click.option("--batch-sizes", default=",".join(map(str, _DEFAULTS["batch_sizes"])), show_default=True, metavar="LIST",
-              help="Batch sizes to time.")
-@click.option("--warmup", default=_DEFAULTS["warmup"], show_default=True, type=int,
-              help="Untimed calls per cell after the first call.")
-@click.option("--seconds", default=_DEFAULTS["seconds"], show_default=True, type=float,
-              help="Time budget of timed calls per cell.")
+@field_option(BenchOptions, "batch_sizes", metavar="LIST", help="Batch sizes to time.",
+              default=",".join(map(str, BenchOptions.__dataclass_fields__["batch_sizes"].default)))
+@field_option(BenchOptions, "warmup", type=int, help="Untimed calls per cell after the first call.")
+@field_option(BenchOptions, "seconds", type=float, help="Time budget of timed calls per cell.")
 @click.option("--iters", default=None, type=int, help="Timed calls per cell (overrides --seconds).")
 @click.option("--val-dir", default=None, type=click.Path(path_type=str),
               help="Labelled images (one folder per class): benchmark images and an accuracy column.")
-@click.option("--images", default=_DEFAULTS["images"], show_default=True, type=int,
-              help="Benchmark images for the agreement check (without --val-dir).")
+@field_option(BenchOptions, "images", type=int, help="Benchmark images for the agreement check (without --val-dir).")
 @click.option("--threads", default=None, type=int, help="CPU threads for torch and ONNX Runtime (default: their own).")
 @click.option("--out", default=None, type=click.Path(path_type=str),
               help="Folder for bench.json/csv/md/png [default: bench/<date-time>].")

@@ -5,21 +5,15 @@ Defaults and choices come from ``tl.export.options``; the parity table is render
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
+
+from tl.cli import field_option
 
 from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, ExportOptions
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExportOptions) if f.default is not dataclasses.MISSING}
-
 
 def _opt(name: str, *decls: str, **kwargs):
-    """A click option whose default is ExportOptions' (defined once, there)."""
-    flag = "--" + name.replace("_", "-")
-    kwargs.setdefault("default", _DEFAULTS[name])
-    kwargs.setdefault("show_default", kwargs["default"] is not None)
-    return click.option(flag, *decls, name, **kwargs)
+    return field_option(ExportOptions, name, *decls, **kwargs)
 
 
 @click.command("export")

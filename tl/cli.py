@@ -25,6 +25,23 @@ COMMANDS = {
 }
 
 
+def field_option(options_cls, name: str, *decls: str, **kwargs):
+    """``--name`` for the field ``name`` of an options dataclass, with that field's default.
+
+    Each option's default is defined once, on the dataclass the library takes; a bool
+    field becomes ``--name/--no-name`` unless ``is_flag`` is given.
+    """
+    import dataclasses
+
+    default = next(f.default for f in dataclasses.fields(options_cls) if f.name == name)
+    flag = "--" + name.replace("_", "-")
+    if isinstance(default, bool) and not kwargs.get("is_flag"):
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    kwargs.setdefault("default", default)
+    kwargs.setdefault("show_default", kwargs["default"] is not None)
+    return click.option(flag, *decls, name, **kwargs)
+
+
 class LazyGroup(click.Group):
     def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

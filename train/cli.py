@@ -6,23 +6,16 @@ imports torch; `tl train`'s defaults and choices come from TrainOptions and its 
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
+
+from tl.cli import field_option
 
 from tl.train.options import (ARCHS, AUGMENTS, FREEZE, INTERPOLATIONS, OPTIMIZERS, RESIZE_MODES, SCHEDULERS,
                               TrainOptions)
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
-
 
 def _option(name: str, help: str | None = None, **kwargs):
-    """``--name`` for the TrainOptions field ``name``, with the field's default (a bool: --name/--no-name)."""
-    flag = "--" + name.replace("_", "-")
-    if isinstance(_DEFAULTS[name], bool) and not kwargs.get("is_flag"):
-        flag = f"{flag}/--no-{name.replace('_', '-')}"
-    kwargs.setdefault("show_default", True)
-    return click.option(flag, name, default=_DEFAULTS[name], help=help, **kwargs)
+    return field_option(TrainOptions, name, help=help, **kwargs)
 
 
 @click.group()
