@@ -46,6 +46,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
 def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequence[str | Path], found: Inputs) -> None:
     """``-o`` never replaces what predict reads: the model, its sidecar, a spec or an input file."""
     from tl.runtime.artifact import ENGINE_SUFFIXES
+    from tl.runtime.files import check_writable
     from tl.runtime.sidecar import sidecar_path
 
     output = Path(output)
@@ -63,6 +64,7 @@ def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequenc
         if path.resolve() == target or (output.exists() and path.exists() and output.samefile(path)):
             raise TLError(f"-o {output} is {what} ({path}); writing the results there would destroy it: "
                           "give another file name")
+    check_writable(output)  # before the images are classified, not after
 
 
 def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",

@@ -98,6 +98,28 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def _refuse_file_target(path: Path) -> None:
+    if path.is_dir():
+        raise TLError(f"could not write {path}: it is a folder; give a file name")
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise TLError(f"could not write {path}: {blocker} is a file, not a folder")
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse now what :func:`atomic_path` would refuse after the work (a folder in the way, a
+    parent that is a file, a folder where no file can be created), with the same message.
+    A full disk still shows only when the file is written."""
+    path = Path(path)
+    _refuse_file_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=".tl-write-check.", dir=path.parent):
+            pass
+    except OSError as e:
+        raise write_error(path, e) from e
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; it replaces ``path`` only if the block succeeds.
@@ -108,11 +130,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     TLError naming ``path``; the temp file is removed either way.
     """
     path = Path(path)
-    if path.is_dir():
-        raise TLError(f"could not write {path}: it is a folder; give a file name")
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        raise TLError(f"could not write {path}: {blocker} is a file, not a folder")
+    _refuse_file_target(path)
     tmp_path: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,11 @@ def test_predict_output_that_cannot_be_written(case, make_onnx, tiny_data, tmp_p
         "read_only": (read_only / "out.txt", {"no_dac": True}, "permission denied"),
         "disk_full": (tmp_path / "out.txt", {"fsize": 100}, "File too large (the disk is full"),
     }[case]
-    r = run_tl("predict", model, tiny_data / "val", "-o", output, **kwargs)
+    broken = tmp_path / "broken.png"  # warned about while classifying
+    broken.write_bytes(b"not a png")
+    r = run_tl("predict", model, tiny_data / "val", broken, "-o", output, **kwargs)
+    # only a full disk cannot be seen before the images are classified
+    assert (str(broken) in r.err) == (case == "disk_full"), r.err
     if case == "folder":  # refused before classifying, by predict's own -o check
         assert_user_error(r, f"-o {output} is a folder; give a file name")
     else:
