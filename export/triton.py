@@ -180,16 +180,26 @@ def _stage(m: TritonModel, folder: Path) -> None:
 
 
 def _move_in(repo: Path, staging: Path, names: list[str]) -> None:
-    """Each staged model folder replaces the one of its name, whole; other models stay as they are."""
+    """Each staged model folder replaces the one of its name, whole; other models stay as they are.
+
+    The old folder steps aside into staging (removed with it) and comes back should the new one fail to move in.
+    """
     from tl.export.pipeline import _signals_deferred
 
     old = staging / ".replaced"
     old.mkdir()
     with _signals_deferred():
         for name in names:
-            if (repo / name).exists() or (repo / name).is_symlink():
-                os.replace(repo / name, old / name)
-            os.replace(staging / name, repo / name)
+            target, backup = repo / name, old / name
+            had_one = target.exists() or target.is_symlink()
+            if had_one:
+                os.replace(target, backup)
+            try:
+                os.replace(staging / name, target)
+            except OSError:
+                if had_one:
+                    os.replace(backup, target)
+                raise
 
 
 def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, reporter: Reporter = SILENT) -> list[Path]:
