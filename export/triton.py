@@ -86,6 +86,7 @@ def describe(artifact: str | Path, name: str) -> TritonModel:
         from tl.runtime.sidecar import read_sidecar
 
         spec, build = read_sidecar(artifact)
+        _check_min_batch(build.min_batch, str(artifact))
         max_batch = build.max_batch  # Triton refuses a max_batch_size above the engine profile's max
     else:
         spec = read_spec(artifact)
@@ -94,6 +95,13 @@ def describe(artifact: str | Path, name: str) -> TritonModel:
             raise TLError(f"{artifact}: no '{MAX_BATCH_KEY}' metadata (its dynamic batch bound); re-export it with tl export")
         max_batch = int(bound)
     return TritonModel(name=check_name(name), kind=kind, spec=spec, max_batch_size=max_batch, source=artifact)
+
+
+def _check_min_batch(min_batch: int, what: str) -> None:
+    """Triton's batcher sends any batch from 1 up to max_batch_size, and does not pad as tl's Classifier does."""
+    if min_batch > 1:
+        raise TLError(f"{what}: the engine's batch profile starts at {min_batch}, but Triton sends batches "
+                      "from 1 up; build it with --min-batch 1 to serve it from a Triton repository")
 
 
 def _quote(text: str) -> str:
@@ -230,6 +238,8 @@ def preflight(o) -> None:
     """``tl export --triton``: check REPO and the model names before minutes of export work."""
     if o.triton is None:
         return
+    if o.trt:
+        _check_min_batch(o.min_batch, f"--triton with --min-batch {o.min_batch}")
     inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
     check_repo(o.triton, o.triton_base(), out=o.output_dir(), inputs=inputs)
 

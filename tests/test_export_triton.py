@@ -98,7 +98,8 @@ def check_matches_onnx(path: Path, cfg) -> None:
     assert not isinstance(i.shape[0], int)  # the batch axis is dynamic: max_batch_size > 0 needs it
 
 
-def write_plan(folder: Path, *, image_size: int = 40, classes=("cat", "dog", "bird"), max_batch: int = 8) -> Path:
+def write_plan(folder: Path, *, image_size: int = 40, classes=("cat", "dog", "bird"), max_batch: int = 8,
+               min_batch: int = 1) -> Path:
     """An engine as tl export leaves it (plan bytes + sidecar); the bytes are not a real plan (no TensorRT here)."""
     from tl.runtime.sidecar import BuildRecord, write_sidecar
     from tl.runtime.spec import ModelSpec
@@ -109,7 +110,7 @@ def write_plan(folder: Path, *, image_size: int = 40, classes=("cat", "dog", "bi
     spec = ModelSpec.create(arch="resnet18", classes=list(classes), image_size=image_size)
     shape = [3, image_size, image_size]
     write_sidecar(plan, spec, BuildRecord(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
-                                          precision="fp16", profile={"min": [1, *shape], "opt": [4, *shape],
+                                          precision="fp16", profile={"min": [min_batch, *shape], "opt": [4, *shape],
                                                                      "max": [max_batch, *shape]}))
     return plan
 
@@ -129,6 +130,17 @@ def test_plan_config_from_its_sidecar(tmp_path, schema):
     assert list(cfg.input[0].dims) == [3, 40, 40] and list(cfg.output[0].dims) == [3]
     assert spec_of(cfg) == read_sidecar(plan)[0]
     assert (folder / "labels.txt").read_text() == "cat\ndog\nbird\n"
+
+
+def test_plan_that_cannot_take_batch_1_is_refused(tmp_path):
+    """Triton's batcher sends batches from 1 up and, unlike tl's Classifier, does not pad to the profile's min."""
+    from tl.export.triton import write_repository
+    from tl.runtime.errors import TLError
+
+    plan = write_plan(tmp_path / "exp", min_batch=4)
+    with pytest.raises(TLError, match="batch profile starts at 4.*--min-batch 1"):
+        write_repository(tmp_path / "repo", [plan], "cls")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_second_write_replaces_the_model_folder_whole(tmp_path, schema, exported):
