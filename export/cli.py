@@ -37,12 +37,17 @@ def _opt(name: str, *decls: str, **kwargs):
 @_opt("workspace", type=float, help="TensorRT builder workspace, GiB.")
 @_opt("opt_level", type=int, help="TensorRT builder optimization level 0-5 (default: TensorRT's).")
 @_opt("device", type=int, help="CUDA device for TensorRT.")
+@_opt("triton", type=click.Path(file_okay=False, path_type=str), metavar="REPO",
+      help="Also add the artifacts to this Triton model repository (REPO/<name>/config.pbtxt, labels.txt, 1/).")
+@_opt("triton_name", help="Triton model name of model.onnx; the others add _fp16, _int8, _fp16_trt, _int8_trt "
+      "[default: the export folder's name].")
 def export(checkpoint, **kwargs):
     """Export CHECKPOINT (best.pt or a run folder) to ONNX / TensorRT and check each artifact against PyTorch.
 
     \b
       tl export runs/x/best.pt --onnx --trt           # model.onnx, model.fp16.onnx, model.fp16.plan
       tl export runs/x --int8 --calib-dir data/train  # model.int8.onnx only
+      tl export runs/x --triton models                # + models/x/ for tl serve and Triton
     """
     from tl.console import RichReporter, print_table
     from tl.export.pipeline import export as run_export
@@ -54,6 +59,8 @@ def export(checkpoint, **kwargs):
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"wrote {', '.join(a.file for a in result.artifacts)} and export.json to {result.out}")
+    if result.triton:
+        click.echo(f"wrote Triton models {', '.join(p.name for p in result.triton)} to {result.triton[0].parent}")
 
 
 def parity_table(result):

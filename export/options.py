@@ -45,6 +45,8 @@ class ExportOptions:
     workspace: float = 4.0  # GiB, TensorRT builder workspace
     opt_level: int | None = None  # TensorRT builder optimization level 0-5; None: TensorRT's default
     device: int = 0
+    triton: str | Path | None = None  # also write a Triton model repository there (tl.export.triton)
+    triton_name: str | None = None  # its model name; default: the export folder's name
 
     def __post_init__(self) -> None:
         checks = (
@@ -63,6 +65,7 @@ class ExportOptions:
             (self.device >= 0, f"--device must be a GPU index, 0 or more (got {self.device})"),
             (self.calib_dir is None or Path(self.calib_dir).is_dir(), f"--calib-dir: folder not found: {self.calib_dir}"),
             (self.val_dir is None or Path(self.val_dir).is_dir(), f"--val-dir: folder not found: {self.val_dir}"),
+            (self.triton_name is None or self.triton is not None, "--triton-name needs --triton REPO"),
         )
         for ok, message in checks:
             if not ok:
@@ -87,6 +90,12 @@ class ExportOptions:
     @property
     def engine_precisions(self) -> tuple[str, ...]:
         return (("fp16",) + (("int8",) if self.int8 else ())) if self.trt else ()
+
+    def triton_base(self) -> str:
+        """The Triton model name of model.onnx (the other artifacts add a suffix)."""
+        from tl.export.triton import check_name, default_name
+
+        return check_name(self.triton_name) if self.triton_name is not None else default_name(self.output_dir())
 
     def output_dir(self) -> Path:
         if self.out is not None:

@@ -44,6 +44,7 @@ class ExportResult:
     images: int
     image_source: str
     warnings: list[str] = field(default_factory=list)
+    triton: list[Path] = field(default_factory=list)  # model folders written with --triton
 
     def files(self) -> list[Path]:
         return [self.out / a.file for a in self.artifacts]
@@ -196,7 +197,10 @@ def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path) -> Expo
 
 def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResult:
     """Write the requested artifacts and export.json into ``options.output_dir()``; see the module docstring."""
+    from tl.export import triton
+
     _preflight(options)
+    triton.preflight(options)
     loaded = _load(options)
     out = ensure_output_dir(options.output_dir(), option="--out")
     with output_lock(out, "tl export"):
@@ -209,11 +213,12 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
                     raise _failed(ctx, report)
             ctx.reports = [r for r in ctx.reports if (ctx.staging / r.file).is_file()]
             path = _commit(ctx)
+            models = triton.export_step(options, out, [r.file for r in ctx.reports], reporter=reporter)
         finally:
             _remove(out / STAGING)
     warnings = [f"{r.file}: {r.note}" for r in ctx.reports if r.status == "warning"]
     return ExportResult(out=out, artifacts=ctx.reports, report=path, images=len(ctx.images.batch),
-                        image_source=ctx.images.source, warnings=warnings)
+                        image_source=ctx.images.source, warnings=warnings, triton=models)
 
 
 def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:

@@ -145,3 +145,11 @@ def test_an_os_error_naming_a_file_is_one_line(make_onnx, tmp_path):
     finally:
         (export / "export.json").chmod(0o644)
     assert_user_error(r, f"{export / 'export.json'}: permission denied")
+
+
+def test_export_triton_repo_unwritable(make_checkpoint, tmp_path, read_only):
+    """Refused before the export runs: no export folder content, nothing in REPO."""
+    out = tmp_path / "exp"
+    r = run_tl("export", make_checkpoint(image_size=32), "--out", out, "--triton", read_only / "repo", no_dac=True)
+    assert_user_error(r, f"--triton {read_only / 'repo'}", "permission denied")
+    assert not (out / "export.json").exists() and not (read_only / "repo").exists()

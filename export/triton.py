@@ -1,0 +1,254 @@
+"""`tl export --triton REPO`: the export's artifacts as models of a Triton model repository.
+
+Layout (what Triton and `tl serve` read)::
+
+    REPO/<model>/config.pbtxt        platform, max_batch_size, I/O, batching, instances, the tl spec
+    REPO/<model>/labels.txt          the spec's classes, one a line (Triton's classification extension)
+    REPO/<model>/1/model.onnx        or 1/model.plan + 1/model.plan.json (tl's sidecar; Triton ignores it)
+
+Each artifact the export keeps is its own model: model.onnx is ``<name>``, the others add what
+they are (``<name>_fp16``, ``<name>_int8``, ``<name>_fp16_trt``, ``<name>_int8_trt``), so a model's
+name never depends on which other flags were given. Writing holds REPO's lock, builds every model
+folder in a staging folder inside REPO and renames each in whole, replacing only the folders of
+the same names. Pure file work: no torch, no onnx, no TensorRT.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tl.runtime.artifact import MAX_BATCH_KEY, SPEC_KEY, kind_of, onnx_metadata, precision_from_name, read_spec
+from tl.runtime.errors import TLError
+from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock
+from tl.runtime.progress import SILENT, Reporter
+from tl.runtime.spec import ModelSpec
+
+VERSION = "1"  # the one version folder tl writes; Triton serves the highest by default
+LABELS = "labels.txt"
+STAGING = ".tl-triton-staging"  # inside REPO: model folders being written (or left by a killed export)
+PLATFORMS = {"onnx": "onnxruntime_onnx", "engine": "tensorrt_plan"}
+MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # Triton's default_model_filename per platform
+# An ONNX model runs where Triton has a GPU and on CPU where it has none; a plan runs only on a GPU.
+INSTANCE_KINDS = {"onnx": "KIND_AUTO", "engine": "KIND_GPU"}
+QUEUE_DELAY_US = 2000  # dynamic batching: how long a request waits for company (tl serve's --max-delay-ms 2)
+DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+# A Triton model name is a folder name and a URL path segment (/v2/models/<name>): keep it plain.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+SUFFIXES = ("", "_fp16", "_int8", "_fp16_trt", "_int8_trt")  # every model name an export can write
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """One model of the repository: what its config.pbtxt says, and the artifact it serves."""
+
+    name: str
+    kind: str  # "onnx" | "engine"
+    spec: ModelSpec
+    max_batch_size: int
+    source: Path
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS[self.kind]
+
+
+def model_name(base: str, artifact: str | Path) -> str:
+    """``base`` for model.onnx; the precision (and ``_trt`` for an engine) appended for the others."""
+    kind, precision = kind_of(artifact), precision_from_name(artifact)
+    suffix = "" if kind == "onnx" and precision == "fp32" else f"_{precision}"
+    return base + suffix + ("_trt" if kind == "engine" else "")
+
+
+def check_name(name: str, *, option: str = "--triton-name") -> str:
+    if not NAME_RE.fullmatch(name):
+        raise TLError(f"{option} {name!r}: a Triton model name is its folder and URL name; use letters, digits, "
+                      "'_', '-' and '.' (starting with a letter or digit, at most 128 characters)")
+    return name
+
+
+def default_name(folder: str | Path) -> str:
+    """The export folder's name, with what Triton cannot take turned into '_'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(folder).resolve().name).lstrip("._-")
+    return name[:128] or "model"
+
+
+def describe(artifact: str | Path, name: str) -> TritonModel:
+    """The repository entry for ``artifact``: its spec and batch bound, read from the file (metadata or sidecar)."""
+    artifact = Path(artifact)
+    kind = kind_of(artifact)
+    if kind not in PLATFORMS:
+        raise TLError(f"{artifact}: Triton serves .onnx and .plan files, not this")
+    if kind == "engine":
+        from tl.runtime.sidecar import read_sidecar
+
+        spec, build = read_sidecar(artifact)
+        _check_min_batch(build.min_batch, str(artifact))
+        max_batch = build.max_batch  # Triton refuses a max_batch_size above the engine profile's max
+    else:
+        spec = read_spec(artifact)
+        bound = onnx_metadata(artifact).get(MAX_BATCH_KEY)
+        if bound is None:
+            raise TLError(f"{artifact}: no '{MAX_BATCH_KEY}' metadata (its dynamic batch bound); re-export it with tl export")
+        max_batch = int(bound)
+    return TritonModel(name=check_name(name), kind=kind, spec=spec, max_batch_size=max_batch, source=artifact)
+
+
+def _check_min_batch(min_batch: int, what: str) -> None:
+    """Triton's batcher sends any batch from 1 up to max_batch_size, and does not pad as tl's Classifier does."""
+    if min_batch > 1:
+        raise TLError(f"{what}: the engine's batch profile starts at {min_batch}, but Triton sends batches "
+                      "from 1 up; build it with --min-batch 1 to serve it from a Triton repository")
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal; ASCII only, so any parser reads it the same."""
+    if not text.isascii() or any(ord(c) < 32 for c in text):
+        raise TLError(f"cannot write {text!r} into config.pbtxt: only printable ASCII is allowed in names")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def config_pbtxt(m: TritonModel) -> str:
+    """config.pbtxt in Triton's ModelConfig text format (model_config.proto); dims leave out the batch axis."""
+    s = m.spec
+    dtype = DATA_TYPES.get(s.input.dtype)
+    if dtype is None:
+        raise TLError(f"{m.source}: input dtype {s.input.dtype!r} has no Triton type here ({', '.join(DATA_TYPES)})")
+    return "\n".join([
+        f"# written by tl export from {m.source.name}; Triton and tl serve load this folder as is",
+        f"name: {_quote(m.name)}",
+        f"platform: {_quote(m.platform)}",
+        f"max_batch_size: {m.max_batch_size}",
+        "input [",
+        f"  {{ name: {_quote(s.input.name)} data_type: {dtype} format: FORMAT_NCHW "
+        f"dims: [ {s.input.channels}, {s.input.height}, {s.input.width} ] }}",
+        "]",
+        "output [",
+        f"  {{ name: {_quote(s.output.name)} data_type: TYPE_FP32 dims: [ {s.num_classes} ] "
+        f"label_filename: {_quote(LABELS)} }}",
+        "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
+        f"instance_group [ {{ count: 1 kind: {INSTANCE_KINDS[m.kind]} }} ]",
+        "parameters {",
+        f"  key: {_quote(SPEC_KEY)}",
+        f"  value {{ string_value: {_quote(s.to_json())} }}",
+        "}",
+        "",
+    ])
+
+
+def labels_txt(spec: ModelSpec) -> str:
+    """One class a line, in the spec's order: line i is the label of logit i."""
+    bad = [c for c in spec.classes if "\n" in c or "\r" in c]
+    if bad:
+        raise TLError(f"class name {bad[0]!r} has a line break; Triton's labels.txt holds one label a line")
+    return "".join(f"{c}\n" for c in spec.classes)
+
+
+# -- the repository ---------------------------------------------------------------------------
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_repo(repo: str | Path, base: str, *, out: str | Path, inputs: list[str | Path]) -> Path:
+    """Refuse, before any export work, a REPO that would overwrite an input or mix with the export folder."""
+    repo_r, out_r = Path(repo).resolve(), Path(out).resolve()
+    inputs_r = [Path(p).resolve() for p in inputs]
+    if any(repo_r == p for p in inputs_r):
+        raise TLError(f"--triton {repo} is an input of this export; give another folder")
+    if _within(repo_r, out_r) or _within(out_r, repo_r):
+        raise TLError(f"--triton {repo} and the export folder {out} must not contain each other "
+                      "(Triton would read every folder of REPO as a model)")
+    for suffix in SUFFIXES:
+        folder = repo_r / (base + suffix)
+        hit = next((p for p in inputs_r if _within(p, folder)), None)
+        if hit is not None:
+            raise TLError(f"--triton {repo}: writing model {base + suffix} would replace {folder}, "
+                          f"which holds the input {hit}; give another --triton or --triton-name")
+    return ensure_output_dir(repo, option="--triton")
+
+
+def _stage(m: TritonModel, folder: Path) -> None:
+    """Write one model folder: config.pbtxt, labels.txt and 1/ with the artifact (and an engine's sidecar)."""
+    version = folder / VERSION
+    version.mkdir(parents=True)
+    target = version / MODEL_FILES[m.kind]
+    shutil.copyfile(m.source, target)
+    if m.kind == "engine":
+        from tl.runtime.sidecar import sidecar_path
+
+        shutil.copyfile(sidecar_path(m.source), sidecar_path(target))
+    atomic_write_text(folder / LABELS, labels_txt(m.spec))
+    atomic_write_text(folder / "config.pbtxt", config_pbtxt(m))
+
+
+def _move_in(repo: Path, staging: Path, names: list[str]) -> None:
+    """Each staged model folder replaces the one of its name, whole; other models stay as they are.
+
+    The old folder steps aside into staging (removed with it) and comes back should the new one fail to move in.
+    """
+    from tl.export.pipeline import _signals_deferred
+
+    old = staging / ".replaced"
+    old.mkdir()
+    with _signals_deferred():
+        for name in names:
+            target, backup = repo / name, old / name
+            had_one = target.exists() or target.is_symlink()
+            if had_one:
+                os.replace(target, backup)
+            try:
+                os.replace(staging / name, target)
+            except OSError:
+                if had_one:
+                    os.replace(backup, target)
+                raise
+
+
+def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, reporter: Reporter = SILENT) -> list[Path]:
+    """Add ``artifacts`` to the Triton repository ``repo`` as models ``base[_suffix]``; returns their folders."""
+    repo = Path(repo)
+    models = [describe(a, model_name(base, a)) for a in artifacts]
+    with output_lock(repo, "tl export --triton"):
+        staging = repo / STAGING
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed export: we hold the lock
+        try:
+            with reporter.task(f"writing Triton repository {repo}"):
+                for m in models:
+                    _stage(m, staging / m.name)
+                _move_in(repo, staging, [m.name for m in models])
+        except OSError as e:
+            from tl.runtime.files import os_error_message
+
+            raise TLError(f"could not write the Triton repository: {os_error_message(e)}") from e
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [repo / m.name for m in models]
+
+
+# -- the export's step ------------------------------------------------------------------------
+
+
+def preflight(o) -> None:
+    """``tl export --triton``: check REPO and the model names before minutes of export work."""
+    if o.triton is None:
+        return
+    if o.trt:
+        _check_min_batch(o.min_batch, f"--triton with --min-batch {o.min_batch}")
+    inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
+    check_repo(o.triton, o.triton_base(), out=o.output_dir(), inputs=inputs)
+
+
+def export_step(o, out: Path, files: list[str], *, reporter: Reporter = SILENT) -> list[Path]:
+    """After the export is committed (its lock still held): its artifacts into REPO."""
+    if o.triton is None:
+        return []
+    try:
+        return write_repository(o.triton, [out / f for f in files], o.triton_base(), reporter=reporter)
+    except TLError as e:
+        raise TLError(f"{e} (the export in {out} is complete; run tl export again to write the repository)") from e

@@ -1,0 +1,195 @@
+"""`tl export --triton REPO`: config.pbtxt checked against Triton's own schema, files against the export's.
+
+Triton's schema is tritonclient's ``model_config_pb2``, loaded from its file: importing it as
+``tritonclient.grpc.model_config_pb2`` runs ``tritonclient.grpc/__init__``, which needs grpcio (the
+``grpc`` extra), and that extra pins protobuf<7, which would downgrade the protobuf onnx uses. The
+schema module itself needs only protobuf, so the test reads the very file tritonclient ships.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error
+
+EXPORT = ["--opset", "17", "--parity-count", "4"]  # the TorchScript exporter: seconds, not half a minute
+
+
+@pytest.fixture(scope="session")
+def schema():
+    """Triton's ModelConfig protobuf module (model_config.proto), as tritonclient ships it."""
+    import tritonclient
+
+    path = Path(tritonclient.__path__[0]) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_config(schema, folder: Path):
+    from google.protobuf import text_format
+
+    return text_format.Parse((folder / "config.pbtxt").read_text(), schema.ModelConfig())
+
+
+def spec_of(config):
+    from tl.runtime.spec import ModelSpec
+
+    return ModelSpec.from_json(config.parameters["tl.spec"].string_value)
+
+
+@pytest.fixture(scope="module")
+def exported(make_checkpoint, tmp_path_factory):
+    """One real export (model.onnx + model.fp16.onnx) with --triton, through the CLI entry point."""
+    from tl.cli import main
+
+    root = tmp_path_factory.mktemp("triton")
+    out, repo = root / "exports" / "shapes", root / "repo"
+    (repo / "other" / "1").mkdir(parents=True)  # a model of someone else's, to be left alone
+    (repo / "other" / "config.pbtxt").write_text('name: "other"\n')
+    args = ["export", make_checkpoint(image_size=48), "--out", out, "--onnx", "--fp16", "--max-batch", "16",
+            "--triton", repo, *EXPORT]
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    assert e.value.code in (0, None)
+    return out, repo
+
+
+def test_each_artifact_is_a_model_triton_reads(exported, schema):
+    from tl.runtime.artifact import read_spec
+
+    out, repo = exported
+    assert sorted(p.name for p in repo.iterdir()) == ["other", "shapes", "shapes_fp16"]  # no staging, no lock
+    assert (repo / "other" / "config.pbtxt").read_text() == 'name: "other"\n'
+    for name, artifact in (("shapes", "model.onnx"), ("shapes_fp16", "model.fp16.onnx")):
+        folder = repo / name
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
+            "1", "1/model.onnx", "config.pbtxt", "labels.txt"]
+        assert filecmp.cmp(folder / "1" / "model.onnx", out / artifact, shallow=False)
+        spec = read_spec(out / artifact)
+        cfg = parse_config(schema, folder)
+        assert (cfg.name, cfg.platform, cfg.max_batch_size) == (name, "onnxruntime_onnx", 16)  # --max-batch
+        assert spec_of(cfg) == spec
+        assert (folder / "labels.txt").read_text().splitlines() == list(spec.classes)
+        (inp,), (outp,) = cfg.input, cfg.output
+        assert (inp.name, inp.data_type, inp.format, list(inp.dims)) == (
+            "input", schema.TYPE_FP32, schema.ModelInput.FORMAT_NCHW, [3, 48, 48])
+        assert (outp.name, outp.data_type, list(outp.dims), outp.label_filename) == (
+            "logits", schema.TYPE_FP32, [4], "labels.txt")
+        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        assert [(g.kind, g.count) for g in cfg.instance_group] == [(schema.ModelInstanceGroup.KIND_AUTO, 1)]
+        check_matches_onnx(folder / "1" / "model.onnx", cfg)
+
+
+def check_matches_onnx(path: Path, cfg) -> None:
+    """What Triton's ONNX Runtime backend checks on load: names, and shapes after the batch axis."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (i,), (o,) = session.get_inputs(), session.get_outputs()
+    assert (i.name, i.shape[1:], o.name, o.shape[1:]) == (
+        cfg.input[0].name, list(cfg.input[0].dims), cfg.output[0].name, list(cfg.output[0].dims))
+    assert not isinstance(i.shape[0], int)  # the batch axis is dynamic: max_batch_size > 0 needs it
+
+
+def write_plan(folder: Path, *, image_size: int = 40, classes=("cat", "dog", "bird"), max_batch: int = 8,
+               min_batch: int = 1) -> Path:
+    """An engine as tl export leaves it (plan bytes + sidecar); the bytes are not a real plan (no TensorRT here)."""
+    from tl.runtime.sidecar import BuildRecord, write_sidecar
+    from tl.runtime.spec import ModelSpec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = folder / "model.fp16.plan"
+    plan.write_bytes(b"serialized engine " + bytes(range(256)))
+    spec = ModelSpec.create(arch="resnet18", classes=list(classes), image_size=image_size)
+    shape = [3, image_size, image_size]
+    write_sidecar(plan, spec, BuildRecord(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                                          precision="fp16", profile={"min": [min_batch, *shape], "opt": [4, *shape],
+                                                                     "max": [max_batch, *shape]}))
+    return plan
+
+
+def test_plan_config_from_its_sidecar(tmp_path, schema):
+    from tl.export.triton import write_repository
+    from tl.runtime.sidecar import read_sidecar, sidecar_path
+
+    plan = write_plan(tmp_path / "exp", max_batch=8)
+    (folder,) = write_repository(tmp_path / "repo", [plan], "cls")
+    assert folder == tmp_path / "repo" / "cls_fp16_trt"
+    assert filecmp.cmp(folder / "1" / "model.plan", plan, shallow=False)
+    assert filecmp.cmp(folder / "1" / "model.plan.json", sidecar_path(plan), shallow=False)  # tl loads it from here
+    cfg = parse_config(schema, folder)
+    assert (cfg.name, cfg.platform, cfg.max_batch_size) == ("cls_fp16_trt", "tensorrt_plan", 8)  # the profile max
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(schema.ModelInstanceGroup.KIND_GPU, 1)]
+    assert list(cfg.input[0].dims) == [3, 40, 40] and list(cfg.output[0].dims) == [3]
+    assert spec_of(cfg) == read_sidecar(plan)[0]
+    assert (folder / "labels.txt").read_text() == "cat\ndog\nbird\n"
+
+
+def test_plan_that_cannot_take_batch_1_is_refused(tmp_path):
+    """Triton's batcher sends batches from 1 up and, unlike tl's Classifier, does not pad to the profile's min."""
+    from tl.export.triton import write_repository
+    from tl.runtime.errors import TLError
+
+    plan = write_plan(tmp_path / "exp", min_batch=4)
+    with pytest.raises(TLError, match="batch profile starts at 4.*--min-batch 1"):
+        write_repository(tmp_path / "repo", [plan], "cls")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_second_write_replaces_the_model_folder_whole(tmp_path, schema, exported):
+    from tl.export.triton import STAGING, write_repository
+
+    repo = tmp_path / "repo"
+    (folder,) = write_repository(repo, [write_plan(tmp_path / "a", max_batch=8)], "m")
+    (folder / "2").mkdir()  # a version of the old model, and a file of it, that the new one must not inherit
+    (folder / "notes.txt").write_text("old")
+    (other,) = write_repository(repo, [write_plan(tmp_path / "b", image_size=56)], "keep")
+    (repo / STAGING / "m").mkdir(parents=True)  # left by a killed export
+    shutil.copyfile(exported[0] / "model.onnx", tmp_path / "b" / "model.onnx")
+    (new,) = write_repository(repo, [tmp_path / "b" / "model.fp16.plan"], "m")
+    assert new == folder and sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
+    assert list(parse_config(schema, folder).input[0].dims) == [3, 56, 56]  # the second model's
+    assert sorted(p.name for p in repo.iterdir()) == ["keep_fp16_trt", "m_fp16_trt"]
+    (fp32,) = write_repository(repo, [tmp_path / "b" / "model.onnx"], "m")  # model.onnx is the bare name
+    assert fp32.name == "m" and parse_config(schema, fp32).platform == "onnxruntime_onnx"
+    assert parse_config(schema, other).name == "keep_fp16_trt"
+
+
+def test_bad_repos_and_names_fail_before_exporting(tl_cli, make_checkpoint, synth_data, tmp_path):
+    run = tmp_path / "runs" / "shapes"
+    run.mkdir(parents=True)
+    ckpt = shutil.copyfile(make_checkpoint(image_size=48), run / "best.pt")
+    out = tmp_path / "exp"
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--triton", out / "repo"], "must not contain each other"),
+        (["--triton", out], "must not contain each other"),
+        (["--triton", synth_data / "val", "--val-dir", synth_data / "val"], "is an input of this export"),
+        (["--triton", run, "--triton-name", "x"], "is an input of this export"),
+        (["--triton", tmp_path / "runs", "--triton-name", "shapes"], "would replace"),
+        (["--triton", tmp_path / "file"], "--triton", "is a file"),
+        (["--triton", tmp_path / "repo", "--triton-name", "my model/v2"], "a Triton model name"),
+        (["--triton", tmp_path / "repo", "--triton-name", ".hidden"], "a Triton model name"),
+        (["--triton-name", "x"], "--triton-name needs --triton"),
+    ]
+    for extra, *fragments in cases:
+        r = tl_cli("export", run, "--out", out, *extra)
+        assert_user_error(r, *fragments)
+        assert not (out / "export.json").exists() and not (tmp_path / "repo" / "my model").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt"] and filecmp.cmp(ckpt, make_checkpoint(image_size=48))
+
+
+def test_default_name_is_the_export_folder_made_safe():
+    from tl.export.triton import default_name, model_name
+
+    assert default_name("exports/shapes") == "shapes"
+    assert default_name("exports/run 2026-11-26 15:00") == "run_2026-11-26_15_00"
+    assert [model_name("x", f) for f in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.fp16.plan",
+                                         "model.int8.plan")] == ["x", "x_fp16", "x_int8", "x_fp16_trt", "x_int8_trt"]
