@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_user_error
+from conftest import assert_user_error
 
 pytest.importorskip("fastapi")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from tl.benchmarks.serve_load import ServeProcess  # noqa: E402
 from tl.runtime import Classifier  # noqa: E402
 from tl.runtime.classifier import softmax  # noqa: E402
 from tl.runtime.images import list_images  # noqa: E402
@@ -37,37 +35,6 @@ input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 64, 64 ] } ]
 output [ { name: "logits" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]
 dynamic_batching { }
 """
-
-
-class Server:
-    """`tl serve ARGS` in a subprocess; ``url`` once it said it is ready."""
-
-    def __init__(self, *args, timeout: float = 60):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tl", "serve", *map(str, args), "--port", "0"],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
-                                     env={k: v for k, v in os.environ.items() if k != "TL_DEBUG"})
-        self.lines: list[str] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"tl serve exited {self.proc.wait()}: {''.join(self.lines)}")
-            self.lines.append(line)
-            if "ready on http://" in line:
-                self.url = line.split("ready on ")[1].split()[0]
-                break
-        else:
-            raise RuntimeError(f"tl serve not ready in {timeout} s: {''.join(self.lines)}")
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
-        self.host = self.url.removeprefix("http://")
-
-    def client(self, **kw) -> "httpclient.InferenceServerClient":
-        return httpclient.InferenceServerClient(self.host, **kw)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +60,7 @@ def repo(model_file, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repo):
-    s = Server(repo, "--providers", "cpu", "--max-delay-ms", "20")
+    s = ServeProcess(repo, "--providers", "cpu", "--max-delay-ms", "20")
     yield s
     assert s.stop() == 0, "".join(s.lines)
 
@@ -300,7 +267,7 @@ def test_malformed_requests(server, case):
 
 def test_oversized_body_is_refused(repo):
     """413 before the body is read: a 1 MB limit, a 2 MB body, announced and chunked."""
-    s = Server(repo / MODEL / "1" / "model.onnx", "--providers", "cpu", "--max-body-mb", "1")
+    s = ServeProcess(repo / MODEL / "1" / "model.onnx", "--providers", "cpu", "--max-body-mb", "1")
     try:
         big = b"x" * (2 * 1024 * 1024)
         code, answer = raw(s, "POST", "/v2/models/model/infer", big)
@@ -317,7 +284,7 @@ def test_oversized_body_is_refused(repo):
 
 def test_sigterm_drains_queued_requests(model_file, clf):
     """Requests waiting for their batch when SIGTERM arrives are answered, then the server exits 0."""
-    s = Server(model_file, "--providers", "cpu", "--name", "drain", "--max-delay-ms", "1500", "--max-batch", "64")
+    s = ServeProcess(model_file, "--providers", "cpu", "--name", "drain", "--max-delay-ms", "1500", "--max-batch", "64")
     x = batch(4, seed=3)
     results = [None] * 4
 

@@ -57,6 +57,11 @@ def create_app(models: list[ServedModel], *, max_body: int, version: str = "0") 
             raise NotFound(f"model '{name}' has no version '{version}' here (serving version {m.version})")
         return m
 
+    _routes(app, model, metrics, state, max_body=max_body, version=version)
+    return app
+
+
+def _routes(app: FastAPI, model, metrics: Metrics, state: dict, *, max_body: int, version: str) -> None:
     @app.get("/v2/health/live")
     async def live():
         return Response(status_code=200)
@@ -91,8 +96,6 @@ def create_app(models: list[ServedModel], *, max_body: int, version: str = "0") 
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 async def _infer(m: ServedModel, request: Request, metrics: Metrics, max_body: int, state: dict) -> Response:

@@ -8,6 +8,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from tl.runtime import images
+from tl.runtime.artifact import SPEC_KEY
 from tl.runtime.classifier import DEFAULT_BATCH_SIZE, Classifier
 from tl.runtime.errors import TLError
 from tl.runtime.serve.batcher import Batcher
@@ -47,7 +48,7 @@ class ServedModel:
                 "image_input": f"or send encoded images (JPEG, PNG, ...) as input '{inp.name}', datatype BYTES, "
                                "shape [N] (binary data: each element a 4-byte little-endian length and the file's "
                                "bytes); the server preprocesses them with the model's spec",
-                "tl.spec": spec.to_json(),
+                SPEC_KEY: spec.to_json(),
             },
         }
 
