@@ -109,10 +109,11 @@ def test_health_and_metadata(server):
     assert client.get_model_metadata("old", "3")["versions"] == ["3"]  # the latest version, as Triton's default
 
 
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_equals_classifier(server, clf, binary):
+@pytest.mark.parametrize("binary,compression", [(True, None), (False, None), (True, "gzip"), (False, "deflate")],
+                         ids=["binary", "json", "binary-gzip", "json-deflate"])
+def test_infer_equals_classifier(server, clf, binary, compression):
     x = batch(3, seed=int(binary))
-    got = infer(server.client(), x, binary=binary)
+    got = infer(server.client(), x, binary=binary, request_compression_algorithm=compression)
     assert got.dtype == np.float32 and got.shape == (3, 4)
     np.testing.assert_allclose(got, clf.predict_logits(x), rtol=1e-4, atol=1e-5)
 

@@ -57,10 +57,12 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(source: str | Path, options: ServeOptions | None = None,
           on_ready: Callable[[str, list], None] | None = None) -> None:
     """Serve until a signal; ``on_ready(url, models)`` is called once the port is bound (the CLI prints it)."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from tl.runtime.serve.app import create_app
-
+        from tl.runtime.serve.app import create_app
+    except ImportError as e:
+        raise TLError(f"tl serve needs the serve extra ({e.name} is not installed): pip install 'tl[serve]'") from None
     options = options or ServeOptions()
     models = load_models(source, options)
     sock = bind(options.host, options.port)
