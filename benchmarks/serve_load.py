@@ -32,7 +32,7 @@ class LoadOptions:
     concurrency: tuple[int, ...] = (1, 8, 32)
     seconds: float = 5.0  # per concurrency level, after a short warm-up
     max_batch: int | None = None  # passed to `tl serve --max-batch`
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0  # tl serve's default
     backend: str = "auto"
     providers: str | None = None
     threads: int | None = None

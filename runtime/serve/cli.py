@@ -18,7 +18,7 @@ from tl.runtime.serve.options import ServeOptions
 @field_option(ServeOptions, "max_batch", type=click.IntRange(min=1),
               help="Most rows per batch (default: config.pbtxt's max_batch_size, else the model's, else 16).")
 @field_option(ServeOptions, "max_delay_ms", type=click.FloatRange(min=0),
-              help="How long a request waits for others to join its batch.")
+              help="How long a request waits for others to join its batch (0: only those already waiting).")
 @field_option(ServeOptions, "queue", type=click.IntRange(min=1), help="Requests waiting per model; more get 503.")
 @field_option(ServeOptions, "backend", type=click.Choice(BACKEND_CHOICES),
               help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan -> TensorRT.")

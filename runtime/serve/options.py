@@ -10,7 +10,9 @@ class ServeOptions:
     host: str = "127.0.0.1"  # loopback: exposing a model is a decision, not a default
     port: int = 8000  # 0 picks a free port (the ready line says which)
     max_batch: int | None = None  # None: config.pbtxt's max_batch_size, else the model's, else 16
-    max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
+    # How long the first request of a batch waits for company. 0 (Triton's default): a batch takes what
+    # is already waiting, which under load is whatever queued while the previous batch ran.
+    max_delay_ms: float = 0.0
     queue: int = 256  # requests waiting per model; one more is answered 503
     backend: str = "auto"
     providers: str | None = None  # ONNX Runtime providers, e.g. "cpu"
