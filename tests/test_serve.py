@@ -360,3 +360,25 @@ def test_serve_cli_user_errors(tl_cli, tmp_path, model_file):
         taken.listen(1)
         port = taken.getsockname()[1]
         assert_user_error(tl_cli("serve", model_file, "--port", port, "--providers", "cpu"), "cannot listen")
+
+
+def test_batcher_gathers_within_max_batch_and_drains():
+    """Three requests of 2 rows, max batch 4: one batch of 4 rows, the third leads the next; close answers it."""
+    import asyncio
+
+    from tl.runtime.serve.batcher import Batcher
+
+    sizes = []
+
+    async def main():
+        b = Batcher(lambda rows: rows + 1, max_batch=4, max_delay_s=0.05, queue=8,
+                    on_batch=lambda size, waits: sizes.append((size, len(waits))))
+        b.start()
+        calls = [asyncio.ensure_future(b.submit(np.full((2, 1), i, np.float32))) for i in range(3)]
+        await asyncio.sleep(0)
+        await b.close()  # closing while the third request still waits: it is answered first
+        return [await c for c in calls]
+
+    answers = asyncio.run(main())
+    assert [a.ravel().tolist() for a in answers] == [[1, 1], [2, 2], [3, 3]]
+    assert sizes == [(4, 2), (2, 1)]

@@ -38,6 +38,7 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.held: _Item | None = None  # did not fit the last batch: it leads the next one
         self.waiting = 0  # requests submitted and not yet answered (queued, gathering or running)
+        self.arrived = asyncio.Event()  # set on every put: wakes a gathering batch
         self.closing = False
 
     def start(self) -> None:
@@ -50,6 +51,7 @@ class Batcher:
         item = _Item(rows, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(item)
+            self.arrived.set()
         except asyncio.QueueFull:
             raise QueueFull(f"the queue is full ({self.queue.maxsize} requests waiting); retry later") from None
         self.waiting += 1
@@ -63,6 +65,7 @@ class Batcher:
         self.closing = True
         if self.task is not None:
             await self.queue.put(None)
+            self.arrived.set()
             await self.task
         self.worker.shutdown(wait=True)
 
@@ -88,10 +91,14 @@ class Batcher:
                 left = deadline - time.perf_counter()
                 if left <= 0 or self.closing:
                     break
+                # Wait on an event, not on queue.get: a timed-out wait_for(queue.get()) can drop the
+                # item it was handed (Python 3.10/3.11), and a dropped request would never be answered.
+                self.arrived.clear()
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), left)
+                    await asyncio.wait_for(self.arrived.wait(), left)
                 except asyncio.TimeoutError:
-                    break
+                    pass
+                continue
             if item is None:
                 return items, True
             if rows + len(item.rows) > self.max_batch:  # batches stay within max_batch
