@@ -41,8 +41,8 @@ class LoadOptions:
 class ServeProcess:
     """`tl serve SOURCE ARGS` in a subprocess on a free port; ``url``/``host`` once it is ready."""
 
-    def __init__(self, source, *args: str, timeout: float = 120):
-        env = {k: v for k, v in os.environ.items() if k != "TL_DEBUG"}
+    def __init__(self, source, *args: str, timeout: float = 120, env: dict | None = None):
+        env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "TL_DEBUG"}
         self.proc = subprocess.Popen([sys.executable, "-m", "tl", "serve", str(source), *map(str, args), "--port", "0"],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []

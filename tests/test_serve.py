@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error
+from conftest import assert_user_error, run_tl_subprocess
 
 pytest.importorskip("fastapi")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -59,8 +60,19 @@ def repo(model_file, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(repo):
-    s = ServeProcess(repo, "--providers", "cpu", "--max-delay-ms", "20", "--max-body-mb", "1")
+def no_torch(tmp_path_factory) -> dict:
+    """PYTHONPATH with a sitecustomize that makes torch and onnx unimportable (test_runtime_notorch's)."""
+    from test_runtime_notorch import BLOCKER
+
+    d = tmp_path_factory.mktemp("serve_notorch")
+    (d / "sitecustomize.py").write_text(BLOCKER)
+    return {"PYTHONPATH": os.pathsep.join([str(d), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+@pytest.fixture(scope="session")
+def server(repo, no_torch):
+    """The session's server, run where torch cannot be imported: serving never needs it."""
+    s = ServeProcess(repo, "--providers", "cpu", "--max-delay-ms", "20", "--max-body-mb", "1", env=no_torch)
     yield s
     assert s.stop() == 0, "".join(s.lines)
 
@@ -382,3 +394,24 @@ def test_batcher_gathers_within_max_batch_and_drains():
     answers = asyncio.run(main())
     assert [a.ravel().tolist() for a in answers] == [[1, 1], [2, 2], [3, 3]]
     assert sizes == [(4, 2), (2, 1)]
+
+
+def test_serve_without_the_serve_extra(model_file, tmp_path):
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(BLOCKER_FASTAPI)
+    r = run_tl_subprocess("serve", model_file, env={"PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}, timeout=120)
+    assert_user_error(r, "needs the serve extra", "pip install 'tl[serve]'")
+
+
+BLOCKER_FASTAPI = """
+import sys
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("fastapi", "uvicorn", "starlette"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Block())
+"""
