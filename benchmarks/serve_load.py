@@ -169,8 +169,10 @@ def run_serve_load(model_path: str | Path, options: LoadOptions | None = None, o
         server.stop()
     same = min(max(o.concurrency), max_batch)  # the batch the server can form at the highest concurrency
     local = in_process(model_path, o, sorted({1, same}), o.seconds)
+    from tl.runtime.env import environment
+
     result = {"model": str(model_path), "options": asdict(o), "max_batch": max_batch, "served": served,
-              "in_process": local, "summary": _summary(served, local, same)}
+              "in_process": local, "summary": _summary(served, local, same), "environment": environment()}
     if out is not None:
         write_report(result, Path(out))
     return result
@@ -188,11 +190,49 @@ def _summary(served: list[dict], local: list[dict], same: int) -> dict:
 
 
 def write_report(result: dict, out: Path) -> None:
-    from tl.runtime.files import atomic_write_text
+    """serve_load.json, serve_load.md, and serve_load.png where matplotlib is installed."""
+    from tl.runtime.files import atomic_write_text, ensure_output_dir
 
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out)
     atomic_write_text(out / "serve_load.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "serve_load.md", markdown(result))
+    try:
+        import matplotlib  # noqa: F401 - the train extra; an edge box may not have it
+    except ImportError:
+        return
+    write_png(result, out / "serve_load.png")
+
+
+def write_png(result: dict, path: Path) -> None:
+    """p50/p99 latency and throughput per concurrency, the in-process figures as dashed lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tl.runtime.files import atomic_path
+
+    fig = Figure(figsize=(10, 4.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_lat, ax_thr = fig.subplots(1, 2)
+    cs = [r["concurrency"] for r in result["served"]]
+    ax_lat.plot(cs, [r["p50_ms"] for r in result["served"]], "o-", label="tl serve p50")
+    ax_lat.plot(cs, [r["p99_ms"] for r in result["served"]], "o--", label="tl serve p99")
+    ax_thr.plot(cs, [r["throughput"] for r in result["served"]], "o-", label="tl serve")
+    for r in result["in_process"]:
+        ax_lat.axhline(r["p50_ms"], ls=":", color="grey")
+        ax_lat.text(cs[0], r["p50_ms"], f" in-process b={r['batch']} p50", va="bottom", fontsize=7)
+        ax_thr.axhline(r["throughput"], ls=":", color="grey")
+        ax_thr.text(cs[0], r["throughput"], f" in-process b={r['batch']}", va="bottom", fontsize=7)
+    for ax, title in ((ax_lat, "latency (ms)"), (ax_thr, "images/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs, [str(c) for c in cs])
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    cpu = result.get("environment", {}).get("cpu", {}).get("model", "")
+    where = f" on {cpu}" if cpu else ""
+    fig.suptitle(f"tl serve: {Path(result['model']).name}, max batch {result['max_batch']}{where}", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def markdown(result: dict) -> str:
