@@ -59,7 +59,8 @@ class ServeProcess:
         else:
             self.stop()
             raise TLError(f"tl serve was not ready within {timeout:.0f} s: {''.join(self.lines).strip()}")
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()  # keeps the pipe drained; the lines stay readable
 
     def client(self, **kw):
         import tritonclient.http as httpclient
@@ -70,7 +71,10 @@ class ServeProcess:
         """SIGTERM (the server drains its queue) and its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        code = self.proc.wait(timeout=60)
+        if hasattr(self, "reader"):
+            self.reader.join(10)
+        return code
 
 
 def _serve_args(o: LoadOptions) -> list[str]:

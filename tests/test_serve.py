@@ -311,6 +311,7 @@ def test_sigterm_drains_queued_requests(model_file, clf):
         t.join(30)
     assert s.stop() == 0, "".join(s.lines)
     np.testing.assert_allclose(np.concatenate(results), clf.predict_logits(x), rtol=1e-4, atol=1e-5)
+    assert "stopped" in s.lines[-1] and "Traceback" not in "".join(s.lines)
 
 
 def test_queue_full_is_refused():

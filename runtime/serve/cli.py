@@ -44,3 +44,4 @@ def serve(source, **kwargs):
         click.echo(f"tl serve: ready on {url} (metrics: {url}/metrics)", err=True)
 
     run(source, ServeOptions(**kwargs), on_ready=ready)
+    click.echo("tl serve: stopped (every queued request was answered)", err=True)
