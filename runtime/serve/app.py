@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tl.runtime.serve.batcher import QueueFull
@@ -20,6 +21,7 @@ from tl.runtime.serve.model import ServedModel
 from tl.runtime.serve.protocol import BadRequest, encode_response, parse_request
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
+OFFLOAD_BYTES = 256 * 1024
 
 
 class NotFound(Exception):
@@ -108,7 +110,10 @@ async def _infer(m: ServedModel, request: Request, metrics: Metrics, max_body: i
         if not state["ready"]:
             raise QueueFull("the server is not ready")
         body = await _read_body(request, max_body)
-        header, outputs = await m.infer(parse_request(body, request.headers.get("inference-header-content-length")))
+        args = (body, request.headers.get("inference-header-content-length"))
+        # A large body (a JSON tensor of many floats) is parsed off the event loop; a small one is not worth the hop.
+        parsed = await run_in_threadpool(parse_request, *args) if len(body) > OFFLOAD_BYTES else parse_request(*args)
+        header, outputs = await m.infer(parsed)
     except Exception as e:
         metrics.failures.labels(*labels, str(_status(e))).inc()
         raise
