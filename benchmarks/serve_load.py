@@ -200,11 +200,10 @@ def write_report(result: dict, out: Path) -> None:
     ensure_output_dir(out)
     atomic_write_text(out / "serve_load.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "serve_load.md", markdown(result))
-    try:
-        import matplotlib  # noqa: F401 - the train extra; an edge box may not have it
-    except ImportError:
-        return
-    write_png(result, out / "serve_load.png")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:  # the train extra; an edge box may not have it
+        write_png(result, out / "serve_load.png")
 
 
 def write_png(result: dict, path: Path) -> None:
