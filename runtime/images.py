@@ -125,21 +125,26 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise TLError(f"image not found: {path}")
+    return decode_image(path, path)
+
+
+def decode_image(source, name) -> Image.Image:
+    """``open_image`` for a path or a file object (an encoded image received over HTTP); ``name`` is for messages."""
     try:
         with pixel_limit(), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img.load()
     except Image.DecompressionBombError as e:
-        raise TLError(f"{path}: {bomb_reason(e)}") from e
+        raise TLError(f"{name}: {bomb_reason(e)}") from e
     except UnidentifiedImageError as e:
-        raise TLError(f"{path}: not a readable image (corrupt or unsupported format)") from e
+        raise TLError(f"{name}: not a readable image (corrupt or unsupported format)") from e
     except PermissionError as e:
-        raise TLError(f"{path}: cannot be read: permission denied") from e
+        raise TLError(f"{name}: cannot be read: permission denied") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise TLError(f"{path}: corrupt or truncated image ({e})") from e
+        raise TLError(f"{name}: corrupt or truncated image ({e})") from e
     return img
 
 

@@ -8,7 +8,7 @@ import textwrap
 
 from conftest import REPO, assert_user_error
 
-COMMANDS = ("data", "train", "export", "predict", "info", "bench", "demo")
+COMMANDS = ("data", "train", "export", "predict", "info", "serve", "bench", "demo")
 
 # Runs tl.cli.main(ARGV) in a fresh interpreter where `import torch` (and torchvision) fails.
 NO_TORCH = textwrap.dedent("""

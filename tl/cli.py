@@ -20,6 +20,7 @@ COMMANDS = {
     "export": "tl.export.cli:export",
     "predict": "tl.runtime.cli:predict",
     "info": "tl.runtime.cli:info",
+    "serve": "tl.runtime.serve.cli:serve",
     "bench": "tl.benchmarks.cli:bench",
     "demo": "tl.demo:demo",
 }

@@ -1,0 +1,285 @@
+"""The serving load generator: `tl serve` under tritonclient load vs the in-process Classifier.
+
+    python -m tl.benchmarks.serve_load exports/x/model.onnx --out bench/serve
+
+Starts `tl serve` on a free port, sends single-image binary requests from 1, 8 and 32
+client threads (each its own tritonclient connection) for a fixed time per level, and
+times the same model, backend and batch sizes in-process with ``Classifier.predict_logits``.
+Writes serve_load.json and serve_load.md. Client and server share the machine, so on a
+small box the client's own CPU use is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tl.runtime.errors import TLError
+
+
+@dataclass
+class LoadOptions:
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    seconds: float = 5.0  # per concurrency level, after a short warm-up
+    max_batch: int | None = None  # passed to `tl serve --max-batch`
+    max_delay_ms: float = 0.0  # tl serve's default
+    backend: str = "auto"
+    providers: str | None = None
+    threads: int | None = None
+
+
+class ServeProcess:
+    """`tl serve SOURCE ARGS` in a subprocess on a free port; ``url``/``host`` once it is ready."""
+
+    def __init__(self, source, *args: str, timeout: float = 120, env: dict | None = None):
+        env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "TL_DEBUG"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tl", "serve", str(source), *map(str, args), "--port", "0"],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise TLError(f"tl serve exited ({self.proc.wait()}): {''.join(self.lines).strip()}")
+            self.lines.append(line)
+            if "ready on http://" in line:
+                self.url = line.split("ready on ")[1].split()[0]
+                self.host = self.url.removeprefix("http://")
+                break
+        else:
+            self.stop()
+            raise TLError(f"tl serve was not ready within {timeout:.0f} s: {''.join(self.lines).strip()}")
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()  # keeps the pipe drained; the lines stay readable
+
+    def client(self, **kw):
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.host, **kw)
+
+    def stop(self) -> int:
+        """SIGTERM (the server drains its queue) and its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        if hasattr(self, "reader"):
+            self.reader.join(10)
+        return code
+
+
+def _serve_args(o: LoadOptions) -> list[str]:
+    args = ["--max-delay-ms", str(o.max_delay_ms), "--backend", o.backend]
+    for flag, value in (("--max-batch", o.max_batch), ("--providers", o.providers), ("--threads", o.threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _client_loop(server: ServeProcess, model: str, x: np.ndarray, until: float, latencies: list[float]) -> None:
+    import tritonclient.http as httpclient
+
+    client = server.client()
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    out = [httpclient.InferRequestedOutput("logits", binary_data=True)]
+    while time.perf_counter() < until:
+        t0 = time.perf_counter()
+        client.infer(model, [inp], outputs=out)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+    client.close()
+
+
+def load_level(server: ServeProcess, model: str, x: np.ndarray, clients: int, seconds: float) -> dict:
+    """``clients`` threads sending ``x`` back to back for ``seconds``: latency percentiles and throughput."""
+    from tl.benchmarks.timing import Stats
+
+    _spin(server, model, x, clients, min(1.0, seconds / 5))  # warm-up: connections, first batches
+    before = _batch_counts(server, model)
+    per_thread: list[list[float]] = [[] for _ in range(clients)]
+    start = time.perf_counter()
+    _spin(server, model, x, clients, seconds, per_thread)
+    wall = time.perf_counter() - start
+    after = _batch_counts(server, model)
+    samples = [v for t in per_thread for v in t]
+    stats = Stats.of(samples)
+    batches = after[0] - before[0]
+    return {"concurrency": clients, "requests": len(samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
+            "mean_ms": stats.mean_ms, "throughput": len(samples) * len(x) / wall,
+            "mean_batch": (after[1] - before[1]) / batches if batches else None}
+
+
+def _spin(server, model, x, clients: int, seconds: float, per_thread: list[list[float]] | None = None) -> None:
+    per_thread = per_thread or [[] for _ in range(clients)]
+    until = time.perf_counter() + seconds
+    threads = [threading.Thread(target=_client_loop, args=(server, model, x, until, per_thread[i]))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _batch_counts(server: ServeProcess, model: str) -> tuple[float, float]:
+    """(batches run, rows run) so far, from the server's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode()
+    found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+             if s.name in ("tl_batch_size_count", "tl_batch_size_sum") and s.labels.get("model") == model}
+    return found.get("tl_batch_size_count", 0.0), found.get("tl_batch_size_sum", 0.0)
+
+
+def in_process(model_path: Path, o: LoadOptions, batches: list[int], seconds: float) -> list[dict]:
+    """The same model and backend called directly: p50/p99 and images/s at each batch size."""
+    from tl.benchmarks.timing import TimingOptions, measure
+    from tl.runtime.classifier import Classifier
+
+    rows = []
+    with Classifier.load(model_path, backend=o.backend, providers=o.providers, intra_op_threads=o.threads) as clf:
+        shape = (clf.spec.input.channels, clf.spec.input.height, clf.spec.input.width)
+        for b in batches:
+            x = np.random.default_rng(b).standard_normal((b, *shape)).astype(np.float32)
+            t = measure(lambda: clf.predict_logits(x), batch=b, options=TimingOptions(warmup=5, seconds=seconds))
+            rows.append({"batch": b, "p50_ms": t.stats.p50_ms, "p99_ms": t.stats.p99_ms,
+                         "throughput": b * len(t.samples_ms) / (sum(t.samples_ms) / 1000.0)})
+    return rows
+
+
+def run_serve_load(model_path: str | Path, options: LoadOptions | None = None, out: str | Path | None = None) -> dict:
+    """Serve ``model_path``, load it at each concurrency, compare with in-process; write the report to ``out``."""
+    o = options or LoadOptions()
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise TLError(f"model not found: {model_path}")
+    server = ServeProcess(model_path, "--name", "bench", *_serve_args(o))
+    try:
+        meta = server.client().get_model_metadata("bench")
+        max_batch = int(meta["parameters"]["max_batch_size"])
+        x = np.random.default_rng(0).standard_normal((1, *meta["inputs"][0]["shape"][1:])).astype(np.float32)
+        served = [load_level(server, "bench", x, c, o.seconds) for c in o.concurrency]
+    finally:
+        server.stop()
+    same = min(max(o.concurrency), max_batch)  # the batch the server can form at the highest concurrency
+    local = in_process(model_path, o, sorted({1, same}), o.seconds)
+    from tl.runtime.env import environment
+
+    result = {"model": str(model_path), "options": asdict(o), "max_batch": max_batch, "served": served,
+              "in_process": local, "summary": _summary(served, local, same), "environment": environment()}
+    if out is not None:
+        write_report(result, Path(out))
+    return result
+
+
+def _summary(served: list[dict], local: list[dict], same: int) -> dict:
+    by_c = {r["concurrency"]: r for r in served}
+    by_b = {r["batch"]: r for r in local}
+    top = by_c[max(by_c)]
+    summary = {"throughput_ratio": top["throughput"] / by_b[same]["throughput"], "ratio_batch": same,
+               "ratio_concurrency": top["concurrency"]}
+    if 1 in by_c:
+        summary["overhead_p50_ms"] = by_c[1]["p50_ms"] - by_b[1]["p50_ms"]
+    return summary
+
+
+def write_report(result: dict, out: Path) -> None:
+    """serve_load.json, serve_load.md, and serve_load.png where matplotlib is installed."""
+    from tl.runtime.files import atomic_write_text, ensure_output_dir
+
+    ensure_output_dir(out)
+    atomic_write_text(out / "serve_load.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "serve_load.md", markdown(result))
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:  # the train extra; an edge box may not have it
+        write_png(result, out / "serve_load.png")
+
+
+def write_png(result: dict, path: Path) -> None:
+    """p50/p99 latency and throughput per concurrency, the in-process figures as dashed lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tl.runtime.files import atomic_path
+
+    fig = Figure(figsize=(10, 4.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_lat, ax_thr = fig.subplots(1, 2)
+    cs = [r["concurrency"] for r in result["served"]]
+    ax_lat.plot(cs, [r["p50_ms"] for r in result["served"]], "o-", label="tl serve p50")
+    ax_lat.plot(cs, [r["p99_ms"] for r in result["served"]], "o--", label="tl serve p99")
+    ax_thr.plot(cs, [r["throughput"] for r in result["served"]], "o-", label="tl serve")
+    for r in result["in_process"]:
+        ax_lat.axhline(r["p50_ms"], ls=":", color="grey")
+        ax_lat.text(cs[0], r["p50_ms"], f" in-process b={r['batch']} p50", va="bottom", fontsize=7)
+        ax_thr.axhline(r["throughput"], ls=":", color="grey")
+        ax_thr.text(cs[0], r["throughput"], f" in-process b={r['batch']}", va="bottom", fontsize=7)
+    for ax, title in ((ax_lat, "latency (ms)"), (ax_thr, "images/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs, [str(c) for c in cs])
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    cpu = result.get("environment", {}).get("cpu", {}).get("model", "")
+    where = f" on {cpu}" if cpu else ""
+    fig.suptitle(f"tl serve: {Path(result['model']).name}, max batch {result['max_batch']}{where}", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def markdown(result: dict) -> str:
+    s = result["summary"]
+    lines = [f"# tl serve under load: {Path(result['model']).name} (max batch {result['max_batch']})", "",
+             "| where | concurrency / batch | p50 ms | p99 ms | images/s | mean batch |", "|---|---|---|---|---|---|"]
+    for r in result["served"]:
+        mean = f"{r['mean_batch']:.1f}" if r["mean_batch"] else "-"
+        lines.append(f"| tl serve | c={r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['throughput']:.0f} | {mean} |")
+    for r in result["in_process"]:
+        lines.append(f"| in-process | b={r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | - |")
+    lines += ["", f"- serving overhead at concurrency 1 (p50): {s.get('overhead_p50_ms', float('nan')):.2f} ms",
+              f"- throughput at concurrency {s['ratio_concurrency']} vs in-process batch {s['ratio_batch']}: "
+              f"{100 * s['throughput_ratio']:.0f}%", ""]
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for serve_load.json and .md.")
+@click.option("--concurrency", default="1,8,32", show_default=True, help="Client counts, comma-separated.")
+@click.option("--seconds", default=LoadOptions.seconds, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--max-batch", default=None, type=click.IntRange(min=1))
+@click.option("--max-delay-ms", default=LoadOptions.max_delay_ms, show_default=True, type=click.FloatRange(min=0))
+@click.option("--backend", default=LoadOptions.backend, show_default=True)
+@click.option("--providers", default=None)
+@click.option("--threads", default=None, type=click.IntRange(min=1))
+def main(model, out, concurrency, **kwargs):
+    """Load `tl serve` with tritonclient at each concurrency and compare with in-process inference."""
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+    except ValueError:
+        raise TLError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
+    result = run_serve_load(model, LoadOptions(concurrency=levels, **kwargs), out)
+    click.echo(markdown(result))
+
+
+if __name__ == "__main__":
+    try:
+        main(standalone_mode=False)
+    except TLError as e:  # a user mistake: one line, as `tl` does
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)

@@ -1,0 +1,22 @@
+"""ServeOptions: every `tl serve` setting and its default, defined once (the CLI reads them from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"  # loopback: exposing a model is a decision, not a default
+    port: int = 8000  # 0 picks a free port (the ready line says which)
+    max_batch: int | None = None  # None: config.pbtxt's max_batch_size, else the model's, else 16
+    # How long the first request of a batch waits for company. 0 (Triton's default): a batch takes what
+    # is already waiting, which under load is whatever queued while the previous batch ran.
+    max_delay_ms: float = 0.0
+    queue: int = 256  # requests waiting per model; one more is answered 503
+    backend: str = "auto"
+    providers: str | None = None  # ONNX Runtime providers, e.g. "cpu"
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: every core)
+    device: int = 0
+    name: str | None = None  # the model's name when serving one file (default: file name without suffix)
+    max_body_mb: float = 64.0  # larger request bodies are refused (413) before they are read
