@@ -25,6 +25,7 @@ from tl.runtime.artifact import MAX_BATCH_KEY, SPEC_KEY, kind_of, onnx_metadata,
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock
 from tl.runtime.progress import SILENT, Reporter
+from tl.runtime.serve.options import ServeOptions
 from tl.runtime.spec import ModelSpec
 
 VERSION = "1"  # the one version folder tl writes; Triton serves the highest by default
@@ -34,7 +35,9 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "engine": "tensorrt_plan"}
 MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # Triton's default_model_filename per platform
 # An ONNX model runs where Triton has a GPU and on CPU where it has none; a plan runs only on a GPU.
 INSTANCE_KINDS = {"onnx": "KIND_AUTO", "engine": "KIND_GPU"}
-QUEUE_DELAY_US = 2000  # dynamic batching: how long a request waits for company (tl serve's --max-delay-ms 2)
+# Dynamic batching waits as long as tl serve does by default (0: Triton's default too): a batch takes
+# what queued while the previous one ran, so a lone request pays no delay.
+QUEUE_DELAY_US = round(ServeOptions.max_delay_ms * 1000)
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 # A Triton model name is a folder name and a URL path segment (/v2/models/<name>): keep it plain.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

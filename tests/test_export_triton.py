@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_user_error
+from tl.runtime.serve.options import ServeOptions
 
 EXPORT = ["--opset", "17", "--parity-count", "4"]  # the TorchScript exporter: seconds, not half a minute
 
@@ -82,7 +83,8 @@ def test_each_artifact_is_a_model_triton_reads(exported, schema):
             "input", schema.TYPE_FP32, schema.ModelInput.FORMAT_NCHW, [3, 48, 48])
         assert (outp.name, outp.data_type, list(outp.dims), outp.label_filename) == (
             "logits", schema.TYPE_FP32, [4], "labels.txt")
-        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        assert cfg.HasField("dynamic_batching")  # Triton batches only with this block present
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == ServeOptions().max_delay_ms * 1000
         assert [(g.kind, g.count) for g in cfg.instance_group] == [(schema.ModelInstanceGroup.KIND_AUTO, 1)]
         check_matches_onnx(folder / "1" / "model.onnx", cfg)
 
@@ -193,3 +195,30 @@ def test_default_name_is_the_export_folder_made_safe():
     assert default_name("exports/run 2026-11-26 15:00") == "run_2026-11-26_15_00"
     assert [model_name("x", f) for f in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.fp16.plan",
                                          "model.int8.plan")] == ["x", "x_fp16", "x_int8", "x_fp16_trt", "x_int8_trt"]
+
+
+def test_the_repository_loads_in_tl_serve(exported, tmp_path):
+    """What --triton wrote is served by `tl serve` as is: each model answers as its artifact does in-process."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from tl.benchmarks.serve_load import ServeProcess
+    from tl.runtime import Classifier
+
+    out, repo = exported
+    served = tmp_path / "repo"  # the export's model folders, without the fixture's empty model of someone else's
+    shutil.copytree(repo, served, ignore=lambda d, names: ["other"] if Path(d) == repo else [])
+    server = ServeProcess(served, "--providers", "cpu")
+    try:
+        client = server.client()
+        x = np.random.default_rng(0).standard_normal((3, 3, 48, 48)).astype(np.float32)
+        for name, artifact in (("shapes", "model.onnx"), ("shapes_fp16", "model.fp16.onnx")):
+            meta = client.get_model_metadata(name)
+            assert meta["platform"] == "onnxruntime_onnx" and meta["parameters"]["max_batch_size"] == 16
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            got = client.infer(name, [inp]).as_numpy("logits")
+            with Classifier.load(out / artifact, providers="cpu") as clf:
+                np.testing.assert_allclose(got, clf.predict_logits(x), rtol=0, atol=1e-5)
+    finally:
+        assert server.stop() == 0
