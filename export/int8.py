@@ -8,6 +8,8 @@ points all 0) is what TensorRT requires.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -141,19 +143,22 @@ class Quantizer:
         self.src, self.options = Path(src), options
         self.meta = onnx_metadata(src)
         self.spec = spec_from_metadata(self.meta, src)
-        self._tmp = tempfile.TemporaryDirectory(prefix="tl-int8-", dir=Path(path).parent)
-        self.work = Path(self._tmp.name)
+        self.parent = Path(path).parent
         self.reader = _reader(files, self.spec, options.batch_size)
         self.preprocess_s = 0.0
-        self.pre: Path | None = None
 
     def __enter__(self) -> "Quantizer":
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        t0 = time.perf_counter()
+        self._tmp = tempfile.TemporaryDirectory(prefix="tl-int8-", dir=self.parent)
+        self.work = Path(self._tmp.name)
         self.pre = self.work / "pre.onnx"
-        # Shape inference + ORT graph optimization (BN folding etc.) before quantizing, as ORT recommends.
-        quant_pre_process(str(self.src), str(self.pre), skip_symbolic_shape=True)
+        t0 = time.perf_counter()
+        try:  # Shape inference + ORT graph optimization (BN folding etc.) before quantizing, as ORT recommends.
+            quant_pre_process(str(self.src), str(self.pre), skip_symbolic_shape=True)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         self.preprocess_s = time.perf_counter() - t0
         return self
 
@@ -167,15 +172,16 @@ class Quantizer:
         task = reporter.task(f"calibrating INT8 ({method})", total=len(self.reader))
         self.reader.rewind(task)
         out = self.work / f"{method}.int8.onnx"
-        quantize_static(
-            str(self.pre), str(out), self.reader, quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=True, reduce_range=self.options.reduce_range,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
-                           "CalibPercentile": self.options.percentile},
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print() their progress
+            quantize_static(
+                str(self.pre), str(out), self.reader, quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                per_channel=True, reduce_range=self.options.reduce_range,
+                calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                  "percentile": CalibrationMethod.Percentile}[method],
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
+                               "CalibPercentile": self.options.percentile},
+            )
         task.close()
         self.save(out, out)
         return out

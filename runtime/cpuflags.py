@@ -70,12 +70,12 @@ def int8_saturation(flags: set[str] | None, machine: str) -> Int8Saturation:
     if m not in X86:
         return Int8Saturation(machine, None, False, f"{machine} is not x86: its INT8 kernels do not saturate")
     if flags is None:
-        return Int8Saturation(machine, None, True, "CPU flags unreadable: 7-bit weights in case it lacks VNNI")
+        return Int8Saturation(machine, None, True, "CPU flags unreadable: it may lack VNNI, where ORT's INT8 can saturate")
     have = [f for f in VNNI_FLAGS if f in flags]
     if have:
         return Int8Saturation(machine, True, False, f"CPU has {', '.join(have)}: 32-bit accumulation, no saturation")
     return Int8Saturation(machine, False, True,
-                          "CPU has no VNNI/AMX: ONNX Runtime's 16-bit accumulation can saturate, so weights are 7-bit")
+                          "CPU has no VNNI/AMX: ONNX Runtime's INT8 kernels add in 16 bits and can saturate")
 
 
 def this_cpu() -> Int8Saturation:
