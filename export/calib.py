@@ -99,9 +99,8 @@ def calibrate_auto(src: str | Path, path: str | Path, *, files: Sequence[Path], 
                                         accuracy(logits, selection.labels), round(seconds, 3)))
         best = choose(candidates)
         os.replace(made[best.method], path)
-    return {"method": best.method, "requested": "auto", "rule": SELECTION_RULE,
-            "preprocess_s": q.preprocess_s, "calibrate_s": sum(c.calibrate_s for c in candidates),
-            "images": len(files), "reduce_range": options.reduce_range,
+    return {**q.record(best.method, sum(c.calibrate_s for c in candidates)), "requested": "auto",
+            "rule": SELECTION_RULE,
             "selection_images": {"count": int(len(selection.batch)), "source": selection.source,
                                  "labelled": selection.labels is not None},
             "candidates": [c.to_dict() for c in candidates]}

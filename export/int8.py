@@ -126,8 +126,7 @@ def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], o
         out = q.quantize(options.method, reporter)
         t2 = time.perf_counter()
         os.replace(out, path)
-    return {"preprocess_s": q.preprocess_s, "calibrate_s": t2 - t1, "images": len(files), "method": options.method,
-            "reduce_range": options.reduce_range}
+    return q.record(options.method, t2 - t1)
 
 
 class Quantizer:
@@ -185,6 +184,11 @@ class Quantizer:
         task.close()
         self.save(out, out)
         return out
+
+    def record(self, method: str, calibrate_s: float) -> dict[str, Any]:
+        """export.json's calibration entry: how model.int8.onnx was made."""
+        return {"method": method, "preprocess_s": self.preprocess_s, "calibrate_s": calibrate_s,
+                "images": len(self.reader), "per_channel": True, "reduce_range": self.options.reduce_range}
 
     def save(self, out: Path, path: str | Path) -> None:
         import onnx

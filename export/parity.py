@@ -90,7 +90,7 @@ def folder_labels(root: str | Path, files: list[Path], classes: list[str]) -> di
 def _recorded_labels(data: dict[str, Any], classes: list[str]) -> dict[Path, int] | None:
     """The checkpoint's val_labels, when they index the model's classes (as `tl train` records them)."""
     files, labels = data.get("val_files") or [], data.get("val_labels") or []
-    if len(files) != len(labels) or data.get("classes", classes) != classes:
+    if len(files) != len(labels) or list(data.get("classes", classes)) != list(classes):  # spec: tuple, record: list
         return None
     return {Path(f): int(y) for f, y in zip(files, labels)}
 

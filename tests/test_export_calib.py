@@ -122,7 +122,8 @@ def test_parity_labels_from_class_folders_and_checkpoint(synth_data):
     unlabelled = parity_images(spec=spec, ckpt=None, val_dir=synth_data, count=8)  # train/ and val/ are not classes
     assert unlabelled.labels is None
     files = [str(p) for p in list_images(synth_data / "val")]
-    ckpt = {"data": {"val_files": files, "val_labels": [i % 4 for i in range(len(files))], "classes": spec.classes}}
+    ckpt = {"data": {"val_files": files, "val_labels": [i % 4 for i in range(len(files))],
+                     "classes": list(spec.classes)}}  # as `tl train` records them: a list
     recorded = parity_images(spec=spec, ckpt=ckpt, val_dir=None, count=1000)
     assert recorded.labels.tolist() == [i % 4 for i in range(len(files))]
     ckpt["data"]["classes"] = list(reversed(spec.classes))  # another class order: the labels mean nothing here
@@ -151,7 +152,7 @@ def test_auto_keeps_the_measured_best_and_records_every_candidate(tl_cli, make_c
     report = json.loads((out / "export.json").read_text())
     cal = report["calibration"]
     assert [c["method"] for c in cal["candidates"]] == ["minmax", "entropy", "percentile"]
-    assert cal["requested"] == "auto" and cal["rule"] == SELECTION_RULE
+    assert cal["requested"] == "auto" and cal["rule"] == SELECTION_RULE and cal["per_channel"] is True
     assert cal["method"] == choose([Candidate(**c) for c in cal["candidates"]]).method
     # Judged on the validation images only (calibration drew from train/), all of them labelled.
     assert cal["selection_images"] == {"count": 16, "source": f"val-dir {synth_data / 'val'}", "labelled": True}
@@ -173,9 +174,13 @@ def test_auto_keeps_the_measured_best_and_records_every_candidate(tl_cli, make_c
     assert f"eager FP32 accuracy {report['reference_accuracy']:.1%}" in " ".join(r.out.split())
     assert "accuracy" in r.out and f"INT8 calibration: {cal['method']} (auto" in r.out
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.int8.onnx", "model.onnx"]
-    weights = [t for t in onnx.load(str(out / "model.int8.onnx")).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    proto = onnx.load(str(out / "model.int8.onnx"))
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     bound = 64 if cal["reduce_range"] else 127  # 7-bit weights where reduce_range is on
-    assert max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in weights) <= bound
+    assert max(int(np.abs(w).max()) for w in weights) <= bound
+    # Per-channel weights: each output channel has its own scale, so each one reaches the end of the range.
+    per_channel_max = np.concatenate([np.abs(w).reshape(len(w), -1).max(1) for w in weights if w.ndim == 4])
+    assert len(per_channel_max) > 1000 and (per_channel_max >= bound - 1).mean() > 0.99
 
 
 def test_auto_without_validation_images_is_a_user_error(tl_cli, make_checkpoint, synth_data, tmp_path):
