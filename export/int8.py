@@ -3,7 +3,8 @@
 QDQ (QuantizeLinear/DequantizeLinear pairs around FP32 ops) is the one INT8 format that
 both ONNX Runtime (fused into QLinearConv/MatMulInteger kernels) and TensorRT (explicit
 quantization, the only INT8 route left in TensorRT 11) consume. Symmetric INT8 (zero
-points all 0) is what TensorRT requires.
+points all 0) is what TensorRT requires. ``reduce_range`` (7-bit weights) is for x86 CPUs
+without VNNI, where ONNX Runtime's INT8 kernels can saturate (tl.runtime.cpuflags).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class ImageCalibrationReader:
 
 def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], options: CalibOptions = CalibOptions(),
                   reporter: Reporter = SILENT) -> dict[str, Any]:
-    """FP32 ONNX ``src`` -> QDQ INT8 ``path``; returns timings {"preprocess_s", "calibrate_s", "images"}."""
+    """FP32 ONNX ``src`` -> QDQ INT8 ``path`` with one calibration method; returns :meth:`Quantizer.record`."""
     if options.method not in ORT_METHODS:
         raise TLError(f"--calib-method must be one of {', '.join(ORT_METHODS)} (got {options.method!r})")
     with Quantizer(src, path, files=files, options=options) as q:
