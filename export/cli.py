@@ -9,7 +9,7 @@ import click
 
 from tl.cli import field_option
 
-from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, ExportOptions
+from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, REDUCE_RANGE, ExportOptions
 
 
 def _opt(name: str, *decls: str, **kwargs):
@@ -30,7 +30,10 @@ def _opt(name: str, *decls: str, **kwargs):
 @_opt("opt_batch", type=int, help="TensorRT profile batch to tune for.")
 @_opt("calib_dir", type=click.Path(path_type=str), help="INT8 calibration images (default: the checkpoint's training images).")
 @_opt("calib_count", type=int, help="Number of calibration images.")
-@_opt("calib_method", type=click.Choice(CALIB_METHODS))
+@_opt("calib_method", type=click.Choice(CALIB_METHODS),
+      help="INT8 calibration; auto tries each and keeps the best on validation images (all recorded in export.json).")
+@_opt("reduce_range", type=click.Choice(REDUCE_RANGE),
+      help="7-bit INT8 weights; auto: on x86 CPUs without VNNI, where ONNX Runtime's INT8 can saturate.")
 @_opt("val_dir", type=click.Path(path_type=str),
       help="Images for the parity check (default: the run's validation images, else synthetic).")
 @_opt("parity_count", type=int, help="At most this many parity images.")
@@ -56,6 +59,8 @@ def export(checkpoint, **kwargs):
     with RichReporter() as reporter:
         result = run_export(options, reporter=reporter)
     print_table(parity_table(result))
+    if result.calibration:
+        click.echo(calibration_line(result.calibration))
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"wrote {', '.join(a.file for a in result.artifacts)} and export.json to {result.out}")
@@ -67,10 +72,12 @@ def parity_table(result):
     """The export's parity report as a rich Table (the CLI and the demo print it)."""
     from rich.table import Table
 
-    table = Table(title=f"parity vs eager PyTorch FP32 on {result.images} images ({result.image_source})")
+    labelled = result.reference_accuracy is not None
+    title = f"parity vs eager PyTorch FP32 on {result.images} images ({result.image_source})"
+    table = Table(title=title + (f"; eager FP32 accuracy {result.reference_accuracy:.1%}" if labelled else ""))
     for col, justify in (("file", "left"), ("precision", "left"), ("backend", "left"), ("size MB", "right"),
                          ("time s", "right"), ("max |diff|", "right"), ("mean |diff|", "right"),
-                         ("top-1 agree", "right"), ("status", "left")):
+                         ("top-1 agree", "right")) + ((("accuracy", "right"),) if labelled else ()) + (("status", "left"),):
         table.add_column(col, justify=justify)
     colour = {"ok": "green", "warning": "yellow", "failed": "red", "skipped": "dim"}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
@@ -78,6 +85,18 @@ def parity_table(result):
         table.add_row(
             r.file, r.precision, f"{r.backend} ({r.provider.replace('ExecutionProvider', '')})", f"{r.size_mb:.1f}",
             f"{r.seconds:.1f}", fmt(r.max_abs_diff, ".2e"), fmt(r.mean_abs_diff, ".2e"),
-            fmt(r.top1_agreement, ".1%"), f"[{colour.get(r.status, 'white')}]{r.status}[/]",
+            fmt(r.top1_agreement, ".1%"), *((fmt(r.accuracy, ".1%"),) if labelled else ()),
+            f"[{colour.get(r.status, 'white')}]{r.status}[/]",
         )
     return table
+
+
+def calibration_line(cal: dict) -> str:
+    """One line on how model.int8.onnx was calibrated: the method (and what auto measured), the weight range."""
+    line = f"INT8 calibration: {cal['method']}"
+    if cal.get("candidates"):
+        measured = ", ".join(f"{c['method']} {c['top1_agreement']:.1%}" for c in cal["candidates"])
+        line += f" (auto, top-1 agreement on {cal['selection_images']['count']} validation images: {measured})"
+    sat = cal.get("saturation") or {}
+    weights = "7-bit weights (reduce_range)" if sat.get("reduce_range") else "8-bit weights"
+    return f"{line}; {weights}: {sat.get('reason', '')}"

@@ -3,11 +3,15 @@
 QDQ (QuantizeLinear/DequantizeLinear pairs around FP32 ops) is the one INT8 format that
 both ONNX Runtime (fused into QLinearConv/MatMulInteger kernels) and TensorRT (explicit
 quantization, the only INT8 route left in TensorRT 11) consume. Symmetric INT8 (zero
-points all 0) is what TensorRT requires.
+points all 0) is what TensorRT requires. ``reduce_range`` (7-bit weights) is for x86 CPUs
+without VNNI, where ONNX Runtime's INT8 kernels can saturate (tl.runtime.cpuflags).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
 
 CALIB_BATCH = 8
+ORT_METHODS = tuple(m for m in CALIB_METHODS if m != "auto")  # the ones ONNX Runtime implements
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class CalibOptions:
     batch_size: int = CALIB_BATCH
     seed: int = 0
     percentile: float = 99.999
+    reduce_range: bool = False  # 7-bit weights: see tl.runtime.cpuflags
 
 
 def calibration_images(*, calib_dir: str | Path | None, ckpt: dict[str, Any] | None, count: int, seed: int = 0) -> list[Path]:
@@ -75,7 +81,11 @@ def _checkpoint_train_images(ckpt: dict[str, Any]) -> tuple[list[Path], str]:
 
 
 class ImageCalibrationReader:
-    """onnxruntime CalibrationDataReader over image files, through the runtime's one pipeline."""
+    """onnxruntime CalibrationDataReader over image files, through the runtime's one pipeline.
+
+    Batches are kept once decoded, so ``rewind`` + another calibration (``--calib-method auto``
+    tries three) does not decode the images again.
+    """
 
     def __init__(self, files: Sequence[Path], spec: ModelSpec, *, batch_size: int = CALIB_BATCH, task=None):
         self.files = list(files)
@@ -83,21 +93,25 @@ class ImageCalibrationReader:
         self.batch_size = batch_size
         self.task = task
         self._pos = 0
+        self._batches: list[np.ndarray] = []
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         from tl.runtime.images import preprocess
 
         if self._pos >= len(self.files):
             return None
+        index = self._pos // self.batch_size
         chunk = self.files[self._pos : self._pos + self.batch_size]
         self._pos += len(chunk)
-        batch = preprocess(chunk, self.spec)
+        if index == len(self._batches):
+            self._batches.append(preprocess(chunk, self.spec))
         if self.task is not None:
             self.task.advance(len(chunk))
-        return {self.spec.input.name: batch}
+        return {self.spec.input.name: self._batches[index]}
 
-    def rewind(self) -> None:
+    def rewind(self, task=None) -> None:
         self._pos = 0
+        self.task = task
 
     def __len__(self) -> int:
         return len(self.files)
@@ -105,54 +119,94 @@ class ImageCalibrationReader:
 
 def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], options: CalibOptions = CalibOptions(),
                   reporter: Reporter = SILENT) -> dict[str, Any]:
-    """FP32 ONNX ``src`` -> QDQ INT8 ``path``; returns timings {"preprocess_s", "calibrate_s", "images"}."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """FP32 ONNX ``src`` -> QDQ INT8 ``path`` with one calibration method; returns :meth:`Quantizer.record`."""
+    if options.method not in ORT_METHODS:
+        raise TLError(f"--calib-method must be one of {', '.join(ORT_METHODS)} (got {options.method!r})")
+    with Quantizer(src, path, files=files, options=options) as q:
+        t1 = time.perf_counter()
+        out = q.quantize(options.method, reporter)
+        t2 = time.perf_counter()
+        os.replace(out, path)
+    return q.record(options.method, t2 - t1)
 
-    from tl.export.onnx import save_model, set_metadata
-    from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY, onnx_metadata, spec_from_metadata
 
-    if options.method not in CALIB_METHODS:
-        raise TLError(f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {options.method!r})")
-    meta = onnx_metadata(src)
-    spec = spec_from_metadata(meta, src)
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[options.method]
+class Quantizer:
+    """One FP32 source prepared once (ORT's quant_pre_process), quantized with one or more calibration methods.
+
+    Works in a temp folder beside ``path``, so an interrupted export leaves nothing behind, and
+    keeps one calibration reader whose decoded images every method re-reads.
+    """
+
+    def __init__(self, src: str | Path, path: str | Path, *, files: Sequence[Path], options: CalibOptions):
+        from tl.runtime.artifact import onnx_metadata, spec_from_metadata
+
+        self.src, self.options = Path(src), options
+        self.meta = onnx_metadata(src)
+        self.spec = spec_from_metadata(self.meta, src)
+        self.parent = Path(path).parent
+        self.reader = _reader(files, self.spec, options.batch_size)
+        self.preprocess_s = 0.0
+
+    def __enter__(self) -> "Quantizer":
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="tl-int8-", dir=self.parent)
+        self.work = Path(self._tmp.name)
+        self.pre = self.work / "pre.onnx"
+        t0 = time.perf_counter()
+        try:  # Shape inference + ORT graph optimization (BN folding etc.) before quantizing, as ORT recommends.
+            quant_pre_process(str(self.src), str(self.pre), skip_symbolic_shape=True)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        self.preprocess_s = time.perf_counter() - t0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def quantize(self, method: str, reporter: Reporter = SILENT) -> Path:
+        """QDQ model calibrated with ``method``, stamped with tl's metadata (so Classifier loads it); in the work folder."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        task = reporter.task(f"calibrating INT8 ({method})", total=len(self.reader))
+        self.reader.rewind(task)
+        out = self.work / f"{method}.int8.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print() their progress
+            quantize_static(
+                str(self.pre), str(out), self.reader, quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                per_channel=True, reduce_range=self.options.reduce_range,
+                calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                  "percentile": CalibrationMethod.Percentile}[method],
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
+                               "CalibPercentile": self.options.percentile},
+            )
+        task.close()
+        self.save(out, out)
+        return out
+
+    def record(self, method: str, calibrate_s: float) -> dict[str, Any]:
+        """export.json's calibration entry: how model.int8.onnx was made."""
+        return {"method": method, "preprocess_s": self.preprocess_s, "calibrate_s": calibrate_s,
+                "images": len(self.reader), "per_channel": True, "reduce_range": self.options.reduce_range}
+
+    def save(self, out: Path, path: str | Path) -> None:
+        import onnx
+
+        from tl.export.onnx import save_model, set_metadata
+        from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY
+
+        proto = onnx.load(str(out))
+        set_metadata(proto, self.spec, "int8", self.meta.get(MAX_BATCH_KEY), self.meta.get(CHECKPOINT_KEY))
+        proto.producer_name = "tl"
+        save_model(proto, path)
+
+
+def _reader(files: Sequence[Path], spec: ModelSpec, batch_size: int):
+    from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(ImageCalibrationReader, CalibrationDataReader):
         pass
 
-    with tempfile.TemporaryDirectory(prefix="tl-int8-", dir=Path(path).parent) as work:
-        work = Path(work)
-        pre = work / "pre.onnx"
-        t0 = time.perf_counter()
-        # Shape inference + ORT graph optimization (BN folding etc.) before quantizing, as ORT recommends.
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        t1 = time.perf_counter()
-        task = reporter.task(f"calibrating INT8 ({options.method})", total=len(files))
-        reader = _Reader(files, spec, batch_size=options.batch_size, task=task)
-        extra = {
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            "CalibTensorRangeSymmetric": True,
-            # Calibration runs in a temp folder so an interrupted export leaves nothing behind.
-            "CalibPercentile": options.percentile,
-        }
-        out = work / "int8.onnx"
-        quantize_static(
-            str(pre), str(out), reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=method,
-            extra_options=extra,
-        )
-        t2 = time.perf_counter()
-        task.close()
-        proto = onnx.load(str(out))
-        set_metadata(proto, spec, "int8", meta.get(MAX_BATCH_KEY), meta.get(CHECKPOINT_KEY))
-        proto.producer_name = "tl"
-        save_model(proto, path)
-    return {"preprocess_s": t1 - t0, "calibrate_s": t2 - t1, "images": len(files), "method": options.method}
+    return _Reader(files, spec, batch_size=batch_size)

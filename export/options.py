@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tl.runtime.errors import TLError
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = ("minmax", "entropy", "percentile", "auto")
+REDUCE_RANGE = ("auto", "on", "off")  # 7-bit INT8 weights; auto: where ORT's INT8 can saturate (tl.runtime.cpuflags)
 # 17 through torch.onnx's TorchScript exporter (TensorRT 8.6 parses up to 17); 18 and up
 # through the dynamo exporter, which cannot write anything older.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 23, 20
@@ -40,6 +41,7 @@ class ExportOptions:
     calib_dir: str | Path | None = None
     calib_count: int = 256
     calib_method: str = "minmax"
+    reduce_range: str = "auto"
     val_dir: str | Path | None = None
     parity_count: int = 256
     workspace: float = 4.0  # GiB, TensorRT builder workspace
@@ -56,6 +58,8 @@ class ExportOptions:
             (self.max_batch >= 2, f"--max-batch must be at least 2 (got {self.max_batch})"),
             (self.calib_method in CALIB_METHODS,
              f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})"),
+            (self.reduce_range in REDUCE_RANGE,
+             f"--reduce-range must be one of {', '.join(REDUCE_RANGE)} (got {self.reduce_range!r})"),
             (self.calib_count >= 1, f"--calib-count must be at least 1 (got {self.calib_count})"),
             (self.parity_count >= 1, f"--parity-count must be at least 1 (got {self.parity_count})"),
             (self.workspace > 0 and math.isfinite(self.workspace),

@@ -5,7 +5,8 @@ synthetic ones (tl.train.synth.draw_shape), sampled by ``tl.runtime.images.sampl
 (as calibration and bench are) and preprocessed by the runtime's one pipeline. Every
 artifact runs through ``tl.runtime.Classifier``, so what export verifies is what
 ``tl predict`` runs. The comparison is on logits: max/mean absolute difference and top-1
-agreement.
+agreement. Where the images' labels are known (the run's val_labels, or a --val-dir laid out
+as one folder per class), each artifact's top-1 accuracy is reported beside its agreement.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ArtifactReport:
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
     top1_agreement: float | None = None
+    accuracy: float | None = None  # top-1 on labelled parity images; None when their labels are unknown
     status: str = "ok"  # ok | warning | failed | skipped
     note: str = ""
 
@@ -49,6 +51,7 @@ class ParityImages:
     batch: np.ndarray  # NCHW float32, already preprocessed
     source: str  # "val-dir FOLDER" | "checkpoint val_files" | "synthetic"
     files: tuple[str, ...] = field(default_factory=tuple)
+    labels: np.ndarray | None = None  # class index per image, where known
 
 
 def parity_images(*, spec: ModelSpec, ckpt: dict[str, Any] | None, val_dir: str | Path | None,
@@ -59,14 +62,41 @@ def parity_images(*, spec: ModelSpec, ckpt: dict[str, Any] | None, val_dir: str 
     if val_dir is not None:
         files = images_in_folder(val_dir, option="--val-dir")
         source = f"val-dir {Path(val_dir)}"
+        label_of = folder_labels(val_dir, files, spec.classes)
     else:
         data = (ckpt or {}).get("data") or {}
         files = [Path(f) for f in data.get("val_files") or [] if Path(f).is_file()]
         source = "checkpoint val_files"
+        label_of = _recorded_labels(data, spec.classes)
     if files:
         files = sample_files(files, count, seed=seed)
-        return ParityImages(preprocess(files, spec), source, tuple(str(f) for f in files))
+        labels = np.asarray([label_of[f] for f in files]) if label_of and all(f in label_of for f in files) else None
+        return ParityImages(preprocess(files, spec), source, tuple(str(f) for f in files), labels)
     return ParityImages(synthetic_batch(spec, min(count, SYNTH_COUNT), seed=seed), "synthetic")
+
+
+def folder_labels(root: str | Path, files: list[Path], classes: list[str]) -> dict[Path, int] | None:
+    """Labels from a ROOT/<class>/image layout, or None when any image sits outside a class folder."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = {}
+    for f in files:
+        parts = Path(f).relative_to(root).parts
+        if len(parts) < 2 or parts[0] not in index:
+            return None
+        labels[Path(f)] = index[parts[0]]
+    return labels
+
+
+def _recorded_labels(data: dict[str, Any], classes: list[str]) -> dict[Path, int] | None:
+    """The checkpoint's val_labels, when they index the model's classes (as `tl train` records them)."""
+    files, labels = data.get("val_files") or [], data.get("val_labels") or []
+    if len(files) != len(labels) or list(data.get("classes", classes)) != list(classes):  # spec: tuple, record: list
+        return None
+    return {Path(f): int(y) for f, y in zip(files, labels)}
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None or not len(labels) else float((logits.argmax(1) == labels).mean())
 
 
 def synthetic_batch(spec: ModelSpec, n: int, *, seed: int = 0) -> np.ndarray:

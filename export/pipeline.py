@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tl.export.options import ExportOptions
-from tl.export.parity import ArtifactReport, ParityImages
+from tl.export.parity import ArtifactReport, ParityImages, accuracy
 from tl.runtime.artifact import ENGINE_SUFFIXES
 from tl.runtime.errors import TLError
 from tl.runtime.files import ensure_output_dir, output_lock
@@ -45,6 +45,8 @@ class ExportResult:
     image_source: str
     warnings: list[str] = field(default_factory=list)
     triton: list[Path] = field(default_factory=list)  # model folders written with --triton
+    reference_accuracy: float | None = None  # eager FP32's top-1 on the parity images, where labelled
+    calibration: dict[str, Any] | None = None
 
     def files(self) -> list[Path]:
         return [self.out / a.file for a in self.artifacts]
@@ -95,14 +97,10 @@ def step_fp16(ctx: ExportContext) -> Path:
 
 
 def step_int8(ctx: ExportContext) -> Path:
-    from tl.export.int8 import CalibOptions, quantize_int8
+    from tl.export.calib import quantize_for_export
 
-    o = ctx.options
     path = ctx.place(ONNX_NAMES["int8"])
-    ctx.calibration = quantize_int8(ctx.find(ONNX_NAMES["fp32"]), path, files=ctx.calib_files or [],
-                                    options=CalibOptions(count=o.calib_count, method=o.calib_method),
-                                    reporter=ctx.reporter)
-    ctx.calibration["source"] = str(o.calib_dir) if o.calib_dir is not None else "checkpoint train data"
+    ctx.calibration = quantize_for_export(ctx, ctx.find(ONNX_NAMES["fp32"]), path)
     return path
 
 
@@ -148,6 +146,7 @@ def _run_step(ctx: ExportContext, precision: str, description: str, step: Callab
     report = ArtifactReport(file=path.name, precision=precision, backend=backend, provider=provider,
                             size_mb=round(path.stat().st_size / 1e6, 3), seconds=round(seconds, 3))
     par.judge(report, par.compare(ctx.reference, logits))
+    report.accuracy = par.accuracy(logits, ctx.images.labels)
     return report
 
 
@@ -174,6 +173,10 @@ def _load(o: ExportOptions) -> tuple[Any, ModelSpec, dict[str, Any], list[Path] 
         from tl.export.int8 import calibration_images
 
         calib_files = calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
+        if o.calib_method == "auto":
+            from tl.export.calib import require_selection_images
+
+            require_selection_images(o.val_dir, ckpt)
     return model, spec, ckpt, calib_files
 
 
@@ -218,7 +221,8 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
             _remove(out / STAGING)
     warnings = [f"{r.file}: {r.note}" for r in ctx.reports if r.status == "warning"]
     return ExportResult(out=out, artifacts=ctx.reports, report=path, images=len(ctx.images.batch),
-                        image_source=ctx.images.source, warnings=warnings, triton=models)
+                        image_source=ctx.images.source, warnings=warnings, triton=models,
+                        calibration=ctx.calibration, reference_accuracy=accuracy(ctx.reference, ctx.images.labels))
 
 
 def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:
@@ -296,6 +300,7 @@ def _write_report(ctx: ExportContext) -> Path:
         "checkpoint_sha256": ctx.checkpoint_sha256,
         "images": int(len(ctx.images.batch)),
         "image_source": ctx.images.source,
+        "reference_accuracy": accuracy(ctx.reference, ctx.images.labels),  # eager FP32; null: no labels
         "artifacts": [r.to_dict() for r in ctx.reports],
     }
     if ctx.calibration is not None:
