@@ -173,7 +173,8 @@ def test_bad_launch_input(tl_cli, ddp_data, tmp_path, monkeypatch):
                       "--sync-bn needs CUDA")
     assert_user_error(tl_cli("train", ddp_data, *_cli_args(), "--nproc-per-node", "2", "--out", out),
                       "under torchrun")
+    assert not out.exists()  # all refused before a rank started or a folder was made
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK")
     assert_user_error(tl_cli("train", ddp_data, *_cli_args(arch="resnet18"), "--out", out), "resnet18 has no dropout")
-    assert not out.exists()
+    assert not (out / "last.pt").exists()
