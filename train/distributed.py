@@ -91,7 +91,8 @@ def rank_device(option: str, ranks: Ranks, *, sync_bn: bool = False) -> torch.de
     if index is not None:
         raise TLError(f"--device {option}: with several processes each rank uses cuda:LOCAL_RANK; "
                       "pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
-    count = resolve_device("cuda") and torch.cuda.device_count()  # resolve_device: the error when there is no CUDA
+    resolve_device("cuda")  # the error when there is no CUDA
+    count = torch.cuda.device_count()
     if ranks.local_rank >= count:
         raise TLError(f"local rank {ranks.local_rank} has no GPU of its own: this machine has {count}; "
                       f"start at most {count} processes per machine")

@@ -73,23 +73,24 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         seen += y.shape[0]
         if device.type != "cuda" or step % 10 == 9 or step == len(loader) - 1:  # .item() syncs a GPU
             task.update(completed=step + 1, note=f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.3f}")
-    loss_total, correct_total, seen = _totals(reduce, loss_sum, seen, correct)
+    loss_total, (correct_total,), seen = _totals(reduce, loss_sum, seen, correct)
     if not seen:
         return math.nan, math.nan
     return loss_total / seen, correct_total / seen
 
 
-def _totals(reduce: Callable | None, loss_sum: torch.Tensor, seen: int, counts: torch.Tensor) -> tuple:
-    """(loss sum, *counts, images seen) as Python numbers, summed over ranks when ``reduce`` is given.
+def _totals(reduce: Callable | None, loss_sum: torch.Tensor, seen: int,
+            counts: torch.Tensor) -> tuple[float, list[float], int]:
+    """(loss sum, counts as a flat list, images seen), summed over the ranks when ``reduce`` is given.
 
-    One float64 tensor and one all-reduce: counts stay exact below 2**53.
+    One float64 tensor and one all-reduce per epoch; counts stay exact below 2**53.
     """
-    stats = torch.cat([loss_sum.view(1), counts.view(-1).double(), torch.tensor([float(seen)], device=loss_sum.device,
-                                                                            dtype=torch.float64)])
+    seen_t = torch.tensor([float(seen)], device=loss_sum.device, dtype=torch.float64)
+    stats = torch.cat([loss_sum.view(1), counts.view(-1).double(), seen_t])
     if reduce is not None:
         reduce(stats)
     values = stats.cpu().tolist()
-    return values[0], values[1:-1] if counts.numel() > 1 else values[1], int(values[-1])
+    return values[0], values[1:-1], int(values[-1])
 
 
 @torch.inference_mode()
