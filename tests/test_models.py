@@ -16,7 +16,16 @@ EXPECTED_HEAD = {
     "resnet": lambda m: m.fc,
     "mobilenet": lambda m: m.classifier[3],
     "efficientnet": lambda m: m.classifier[1],
+    "squeezenet": lambda m: m.classifier[1],  # a 1x1 conv, not a Linear
 }
+
+
+def _outputs(head: nn.Module) -> int:
+    return head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
+
+
+def _inputs(head: nn.Module) -> int:
+    return head.in_channels if isinstance(head, nn.Conv2d) else head.in_features
 
 
 def _family(arch: str) -> str:
@@ -25,7 +34,8 @@ def _family(arch: str) -> str:
 
 # Values are compared on real weights for one model of each family; the bigger VGGs (same
 # class, same head, only deeper) are built on the meta device to keep the suite fast.
-REAL = {"vgg11", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"}
+REAL = {"vgg11", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+        "squeezenet1_1"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -37,13 +47,13 @@ def test_replace_head_every_family(arch):
         before = {k: v.clone() for k, v in model.state_dict().items()}
         before_params = dict(model.named_parameters())
         old_head = EXPECTED_HEAD[_family(arch)](model)
-        assert isinstance(old_head, nn.Linear) and old_head.out_features == 1000
+        assert isinstance(old_head, (nn.Linear, nn.Conv2d)) and _outputs(old_head) == 1000
 
         replace_head(model, arch, 3)
 
         head = EXPECTED_HEAD[_family(arch)](model)
         assert head is get_head(model, arch) and head is not old_head
-        assert head.out_features == 3 and head.in_features == old_head.in_features
+        assert _outputs(head) == 3 and _inputs(head) == _inputs(old_head) and type(head) is type(old_head)
         after = model.state_dict()
         head_keys = {k for k in after if after[k].shape != before.get(k, after[k]).shape}
         assert len(head_keys) == 2  # weight and bias of the head, nothing else changed shape

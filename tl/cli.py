@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
 
     debug = os.environ.get("TL_DEBUG", "") not in ("", "0")
     try:
-        cli.main(args=argv, prog_name="tl", standalone_mode=False)
+        # obj: the command line as given, for a command that starts itself again (tl train --nproc-per-node)
+        cli.main(args=argv, prog_name="tl", standalone_mode=False,
+                 obj={"argv": list(argv) if argv is not None else sys.argv[1:]})
     except TLError as e:
         if debug:
             raise

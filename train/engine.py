@@ -46,8 +46,12 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler,
                     loader: DataLoader, device: torch.device, *, dtype: torch.dtype | None, memory_format,
-                    task: Task, on_first_batch: Callable | None = None) -> tuple[float, float]:
-    """(mean loss, accuracy) over the epoch's training batches; ``on_first_batch(x, y)`` sees the CPU batch."""
+                    task: Task, on_first_batch: Callable | None = None,
+                    reduce: Callable | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) over the epoch's training batches; ``on_first_batch(x, y)`` sees the CPU batch.
+
+    ``reduce`` sums a tensor over DDP ranks in place, so every rank returns the whole epoch's figures.
+    """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -69,15 +73,32 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         seen += y.shape[0]
         if device.type != "cuda" or step % 10 == 9 or step == len(loader) - 1:  # .item() syncs a GPU
             task.update(completed=step + 1, note=f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.3f}")
+    loss_total, (correct_total,), seen = _totals(reduce, loss_sum, seen, correct)
     if not seen:
         return math.nan, math.nan
-    return loss_sum.item() / seen, correct.item() / seen
+    return loss_total / seen, correct_total / seen
+
+
+def _totals(reduce: Callable | None, loss_sum: torch.Tensor, seen: int,
+            counts: torch.Tensor) -> tuple[float, list[float], int]:
+    """(loss sum, counts as a flat list, images seen), summed over the ranks when ``reduce`` is given.
+
+    One float64 tensor and one all-reduce per epoch; counts stay exact below 2**53.
+    """
+    seen_t = torch.tensor([float(seen)], device=loss_sum.device, dtype=torch.float64)
+    stats = torch.cat([loss_sum.view(1), counts.view(-1).double(), seen_t])
+    if reduce is not None:
+        reduce(stats)
+    values = stats.cpu().tolist()
+    return values[0], values[1:-1], int(values[-1])
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, dtype: torch.dtype | None,
-             memory_format, num_classes: int, task: Task) -> tuple[float, float, np.ndarray]:
-    """(mean cross-entropy, accuracy, confusion matrix: rows true, columns predicted) on ``loader``."""
+             memory_format, num_classes: int, task: Task,
+             reduce: Callable | None = None) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy, accuracy, confusion matrix: rows true, columns predicted) on ``loader``;
+    with ``reduce``, on the DDP ranks' validation shards together."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
@@ -92,10 +113,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, dtyp
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
         seen += y.shape[0]
         task.advance()
-    cm = confusion.view(num_classes, num_classes).cpu().numpy()
+    loss_total, counts, seen = _totals(reduce, loss_sum, seen, confusion)
+    cm = np.asarray(counts, dtype=np.int64).reshape(num_classes, num_classes)
     if not seen:
         return math.nan, 0.0, cm
-    return loss_sum.item() / seen, float(np.trace(cm)) / seen, cm
+    return loss_total / seen, float(np.trace(cm)) / seen, cm
 
 
 def per_class_metrics(confusion: np.ndarray, classes: list[str]) -> list[dict]:

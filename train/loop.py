@@ -2,8 +2,9 @@
 
 Keeps the seed's defaults (VGG16, SGD 0.001/0.9, StepLR 7/0.1, batch 8, 25 epochs, keep
 the best val weights) and fixes its bugs (validation on the val loader, the right head).
-`fit` is the list of steps (check a resume, set up, restore, run the epochs, finish); the
-per-batch work lives in tl.train.engine. Progress and messages go to the reporter it is
+`fit` is the list of steps (join the DDP group if torchrun started ranks, check a resume, set
+up, restore, run the epochs, finish); the per-batch work lives in tl.train.engine, what a DDP
+rank adds in tl.train.distributed (only rank 0 reports and writes the run folder). Progress and messages go to the reporter it is
 given; it prints nothing, so a notebook or a server can call it silently.
 """
 
@@ -28,10 +29,13 @@ from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
 from tl.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from tl.train.data import ImageFileDataset, RunData, prepare_data
-from tl.train.engine import amp_dtype, evaluate, per_class_metrics, resolve_device, train_one_epoch
-from tl.train.models import build_model, freeze
+from tl.train.distributed import (Ranks, is_peer_failure, per_rank_batch, process_group, rank_device, ranks_from_env,
+                                  share_from_main, sigterm_raises, signals_held, sum_across_ranks, train_sampler,
+                                  val_shard, wrap_model)
+from tl.train.engine import amp_dtype, evaluate, per_class_metrics, train_one_epoch
+from tl.train.models import build_model, freeze, set_dropout
 from tl.train.options import TrainOptions
-from tl.train.seeding import rng_state, seed_epoch, seed_everything, set_rng_state
+from tl.train.seeding import epoch_seed, rng_state, seed_epoch, seed_everything, set_rng_state
 from tl.train.transforms import denormalize, eval_transform, train_transform
 
 
@@ -61,8 +65,10 @@ class _Run:
     data: RunData
     spec: ModelSpec
     device: torch.device
+    ranks: Ranks
     run_dir: Path
-    model: nn.Module
+    model: nn.Module  # what checkpoints hold (no DDP "module." prefix)
+    net: nn.Module  # what trains: the model, or DDP around it
     n_trainable: int
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -111,20 +117,26 @@ class _Run:
 
 
 def fit(options: TrainOptions, *, reporter: Reporter = SILENT) -> TrainResult:
-    """Train, validate every epoch, keep best.pt (val accuracy, ties by lower loss) and last.pt."""
-    resume = _load_resume(options)
-    data, spec = _prepare_data(options, resume)
-    run_dir = ensure_output_dir(_run_dir(options, resume), option="--out")
-    with output_lock(run_dir, "tl train") as run_dir:  # one run per folder, checked under the lock
-        _claim_run_dir(options, resume, run_dir, spec)
-        run = _setup(options, resume, data, spec, run_dir)
-        if resume is not None:
-            _restore(run, resume)
-        reporter.info(_banner(run, resumed=resume is not None))
-        if resume is not None:
-            reporter.info(f"resuming after epoch {run.epoch} from {options.resume}")
-        stopped_early, interrupted = _run_epochs(run, reporter)
-        return _finish(run, stopped_early=stopped_early, interrupted=interrupted)
+    """Train, validate every epoch, keep best.pt (val accuracy, ties by lower loss) and last.pt.
+
+    Under torchrun (RANK / WORLD_SIZE set) this process is one DDP rank; rank 0 reports.
+    """
+    ranks = ranks_from_env()
+    reporter = reporter if ranks.is_main else SILENT
+    per_rank_batch(options.batch_size, ranks.world_size)
+    device = rank_device(options.device, ranks, sync_bn=options.sync_bn)
+    with process_group(ranks, device):
+        resume = _load_resume(options)
+        data, spec = _prepare_data(options, resume)
+        with _own_run_dir(options, resume, spec, ranks) as run_dir:  # one run per folder, claimed by rank 0
+            run = _setup(options, resume, data, spec, run_dir, device, ranks)
+            if resume is not None:
+                _restore(run, resume)
+            reporter.info(_banner(run, resumed=resume is not None))
+            if resume is not None:
+                reporter.info(f"resuming after epoch {run.epoch} from {options.resume}")
+            stopped_early, interrupted = _run_epochs(run, reporter)
+            return _finish(run, stopped_early=stopped_early, interrupted=interrupted)
 
 
 # -- setup --------------------------------------------------------------------------------
@@ -172,6 +184,24 @@ def _prepare_data(o: TrainOptions, resume: dict | None) -> tuple[RunData, ModelS
     return data, spec
 
 
+@contextlib.contextmanager
+def _own_run_dir(o: TrainOptions, resume: dict | None, spec: ModelSpec, ranks: Ranks):
+    """Rank 0 claims the run folder under its lock for the whole run; the others get its path, or its error."""
+    if not ranks.is_main:
+        yield Path(share_from_main(ranks, None))
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            run_dir = ensure_output_dir(_run_dir(o, resume), option="--out")
+            run_dir = stack.enter_context(output_lock(run_dir, "tl train"))
+            _claim_run_dir(o, resume, run_dir, spec)
+        except TLError as e:
+            share_from_main(ranks, e)
+            raise
+        share_from_main(ranks, str(run_dir))
+        yield run_dir
+
+
 def _claim_run_dir(o: TrainOptions, resume: dict | None, run_dir: Path, spec: ModelSpec) -> None:
     """Under the folder's lock: never start a run over another run."""
     if resume is None:
@@ -191,20 +221,22 @@ def _refuse_earlier_run(run_dir: Path) -> None:
                   "pass another --out, or remove that folder")
 
 
-def _setup(o: TrainOptions, resume: dict | None, data: RunData, spec: ModelSpec, run_dir: Path) -> _Run:
-    device = resolve_device(o.device)
+def _setup(o: TrainOptions, resume: dict | None, data: RunData, spec: ModelSpec, run_dir: Path,
+           device: torch.device, ranks: Ranks) -> _Run:
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    seed_everything(o.seed)
+    seed_everything(o.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(o.arch, len(data.classes), weights="none" if resume is not None else o.weights)
+    set_dropout(model, o.arch, o.dropout)
     n_trainable = freeze(model, o.arch, o.freeze)
     memory_format = torch.channels_last if (device.type == "cuda" and o.channels_last) else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = _make_optimizer(o, [p for p in model.parameters() if p.requires_grad])
     dtype = amp_dtype(device, o.amp)
-    train_loader, val_loader, loader_gen = _make_loaders(o, data, spec, device)
+    train_loader, val_loader, loader_gen = _make_loaders(o, data, spec, device, ranks)
     return _Run(
-        options=o, data=data, spec=spec, device=device, run_dir=run_dir, model=model, n_trainable=n_trainable,
+        options=o, data=data, spec=spec, device=device, ranks=ranks, run_dir=run_dir, model=model,
+        net=wrap_model(model, ranks, device, sync_bn=o.sync_bn), n_trainable=n_trainable,
         optimizer=optimizer, scheduler=_make_scheduler(o, optimizer),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype, memory_format=memory_format, train_loader=train_loader, val_loader=val_loader,
@@ -224,18 +256,22 @@ def _make_scheduler(o: TrainOptions, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
 
 
-def _make_loaders(o: TrainOptions, data: RunData, spec: ModelSpec,
-                  device: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:
-    """Train and val loaders; the generator drives the shuffle and is reseeded every epoch."""
+def _make_loaders(o: TrainOptions, data: RunData, spec: ModelSpec, device: torch.device,
+                  ranks: Ranks) -> tuple[DataLoader, DataLoader, torch.Generator]:
+    """Train and val loaders of this rank's share; the generator seeds the workers' augmentation and
+    is reseeded every epoch, the sampler's order by set_epoch."""
     loader_gen = torch.Generator()
     pin = device.type == "cuda"
+    batch = per_rank_batch(o.batch_size, ranks.world_size)
     train_ds = ImageFileDataset(data.train_files, data.train_labels, train_transform(spec, augment=o.augment))
     val_ds = ImageFileDataset(data.val_files, data.val_labels, eval_transform(spec))
+    sampler = train_sampler(train_ds, ranks)
     # BatchNorm cannot train on a batch of one; drop a lone last sample.
-    drop_last = len(train_ds) > o.batch_size and len(train_ds) % o.batch_size == 1
-    train_loader = DataLoader(train_ds, batch_size=o.batch_size, shuffle=True, generator=loader_gen,
+    drop_last = len(sampler) > batch and len(sampler) % batch == 1
+    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, generator=loader_gen,
                               num_workers=o.workers, pin_memory=pin, drop_last=drop_last)
-    val_loader = DataLoader(val_ds, batch_size=o.batch_size, shuffle=False, num_workers=o.workers, pin_memory=pin)
+    val_loader = DataLoader(val_shard(val_ds, ranks), batch_size=batch, shuffle=False, num_workers=o.workers,
+                            pin_memory=pin)
     return train_loader, val_loader, loader_gen
 
 
@@ -267,13 +303,15 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
 
 
 def _banner(run: _Run, *, resumed: bool) -> str:
-    o, data = run.options, run.data
+    o, data, world = run.options, run.data, run.ranks.world_size
     return (
         f"tl train {o.arch} (weights: {'resumed' if resumed else o.weights}, "
-        f"{run.n_trainable:,} trainable params) on {run.device} | {len(data.classes)} classes, "
-        f"{len(run.train_loader.dataset)} train / {len(run.val_loader.dataset)} val images"
+        f"{run.n_trainable:,} trainable params) on {run.device}"
+        + (f" x {world} processes (DDP)" if world > 1 else "")
+        + f" | {len(data.classes)} classes, {len(data.train_files)} train / {len(data.val_files)} val images"
         + (f", {len(data.skipped)} bad skipped" if data.skipped else "")
-        + f" | {o.image_size}px, batch {o.batch_size}, {o.optimizer} lr {o.lr}"
+        + f" | {o.image_size}px, batch {o.batch_size}" + (f" ({o.batch_size // world} per process)" if world > 1 else "")
+        + f", {o.optimizer} lr {o.lr}"
         + (f" | AMP {str(run.dtype).removeprefix('torch.')}" if run.dtype else "")
     )
 
@@ -285,7 +323,7 @@ def _run_epochs(run: _Run, reporter: Reporter) -> tuple[bool, bool]:
     """Epochs until --epochs, --patience or Ctrl-C; returns (stopped_early, interrupted)."""
     o = run.options
     try:
-        with _cudnn_autotune(run.device), _worker_errors_as_one_line():
+        with _cudnn_autotune(run.device), _worker_errors_as_one_line(), sigterm_raises(run.ranks):
             for epoch in range(run.epoch + 1, o.epochs + 1):
                 _one_epoch(run, epoch, reporter)
                 if o.patience and epoch - run.acc_epoch >= o.patience:
@@ -293,30 +331,50 @@ def _run_epochs(run: _Run, reporter: Reporter) -> tuple[bool, bool]:
                                   f"(last improvement: epoch {run.acc_epoch})")
                     return True, False
     except KeyboardInterrupt:
+        path = _save_interrupted(run)
+        if path is not None:
+            reporter.info(f"\ninterrupted: saved {path} (after epoch {run.epoch}); continue with "
+                          f"tl train --resume {path}")
+        return False, True
+    except Exception as e:
+        if not (run.ranks.distributed and is_peer_failure(e)):
+            raise
+        path = _save_interrupted(run)
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise TLError(f"stopped in epoch {run.epoch + 1}: another process of this run ended ({why}); "
+                      f"saved {path}; continue with tl train --resume {path} (any number of processes)") from None
+    return False, False
+
+
+def _save_interrupted(run: _Run) -> Path | None:
+    """Rank 0 saves where the run stands (weights of the last finished step); None on other ranks."""
+    if not run.ranks.is_main:
+        return None
+    with signals_held(run.ranks):
         path = run.save_last(interrupted=True)
         _write_metrics(run.run_dir / "metrics.jsonl", run.history)
-        reporter.info(f"\ninterrupted: saved {path} (after epoch {run.epoch}); continue with "
-                      f"tl train --resume {path}")
-        return False, True
-    return False, False
+    return path
 
 
 def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
     """Train, validate, step the scheduler, record; one line to the reporter."""
     o = run.options
-    seed_epoch(o.seed, epoch, run.loader_gen)
+    seed_epoch(o.seed, epoch, run.loader_gen, rank=run.ranks.rank)
+    run.train_loader.sampler.set_epoch(epoch_seed(o.seed, epoch))  # the same order on every rank
+    reduce = sum_across_ranks if run.ranks.distributed else None
     t0 = time.perf_counter()
     batch_png = run.run_dir / "batch.png"
-    capture = None if batch_png.exists() else (lambda x, y: _write_batch_png(x, y, run.spec, batch_png))
+    write_png = run.ranks.is_main and not batch_png.exists()
+    capture = (lambda x, y: _write_batch_png(x, y, run.spec, batch_png)) if write_png else None
     with reporter.task(f"epoch {epoch}/{o.epochs}", total=len(run.train_loader)) as task:
         train_loss, train_acc = train_one_epoch(
-            run.model, run.criterion, run.optimizer, run.scaler, run.train_loader, run.device,
-            dtype=run.dtype, memory_format=run.memory_format, task=task, on_first_batch=capture,
+            run.net, run.criterion, run.optimizer, run.scaler, run.train_loader, run.device,
+            dtype=run.dtype, memory_format=run.memory_format, task=task, on_first_batch=capture, reduce=reduce,
         )
     with reporter.task("  validate", total=len(run.val_loader)) as task:
         val_loss, val_acc, confusion = evaluate(
             run.model, run.val_loader, run.device, dtype=run.dtype, memory_format=run.memory_format,
-            num_classes=len(run.data.classes), task=task,
+            num_classes=len(run.data.classes), task=task, reduce=reduce,
         )
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
@@ -343,6 +401,9 @@ def _record_epoch(run: _Run, row: dict, confusion: np.ndarray) -> None:
     if improved:
         run.best_acc, run.best_loss, run.best_epoch = val_acc, val_loss, epoch
         run.best_confusion = confusion.tolist()
+    if not run.ranks.is_main:  # the same bookkeeping on every rank (metrics are all-reduced); rank 0 writes
+        return
+    if improved:
         save_checkpoint(run.run_dir / "best.pt", run.payload(metrics=row))
     run.save_last()
     _write_metrics(run.run_dir / "metrics.jsonl", run.history)
@@ -394,7 +455,7 @@ def _finish(run: _Run, *, stopped_early: bool, interrupted: bool) -> TrainResult
     """The best epoch's confusion matrix picture and per-class figures, as a result."""
     classes = run.data.classes
     per_class: list[dict] = []
-    if run.best_confusion:
+    if run.best_confusion and run.ranks.is_main:
         from tl.train.plots import plot_confusion
 
         confusion = np.asarray(run.best_confusion)

@@ -16,9 +16,12 @@ from tl.train.options import ARCHS, FREEZE  # noqa: F401  (defined torch-free, f
 
 
 def head_path(arch: str) -> tuple[str, int | None]:
-    """(attribute, index) of the final Linear: VGG classifier[6], ResNet fc, others classifier[-1]."""
+    """(attribute, index) of the final layer: VGG classifier[6], ResNet fc, SqueezeNet's 1x1 conv
+    classifier[1], others classifier[-1]."""
     if arch.startswith("vgg"):
         return "classifier", 6
+    if arch.startswith("squeezenet"):
+        return "classifier", 1
     if arch.startswith("resnet"):
         return "fc", None
     if arch.startswith(("mobilenet", "efficientnet")):
@@ -26,16 +29,22 @@ def head_path(arch: str) -> tuple[str, int | None]:
     raise TLError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
 
 
-def get_head(model: nn.Module, arch: str) -> nn.Linear:
+def get_head(model: nn.Module, arch: str) -> nn.Linear | nn.Conv2d:
     attr, idx = head_path(arch)
     mod = getattr(model, attr)
     return mod if idx is None else mod[idx]
 
 
 def replace_head(model: nn.Module, arch: str, num_classes: int) -> nn.Module:
-    """Swap the final Linear for one with ``num_classes`` outputs; the rest is untouched."""
+    """Swap the final Linear (SqueezeNet: 1x1 conv) for one with ``num_classes`` outputs; the rest is untouched."""
     old = get_head(model, arch)
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    if isinstance(old, nn.Conv2d):
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1, bias=old.bias is not None)
+        nn.init.normal_(new.weight, mean=0.0, std=0.01)  # torchvision's init of this layer: a ReLU follows,
+        if new.bias is not None:  # and the default init can leave every class at 0 (no gradient at all)
+            nn.init.zeros_(new.bias)
+    else:
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     attr, idx = head_path(arch)
     if idx is None:
         setattr(model, attr, new)
@@ -93,6 +102,17 @@ def build_model(arch: str, num_classes: int, weights: str | Path | None = "none"
         model = torchvision.models.get_model(arch, weights=None)
         _load_weights_file(model, arch, Path(w))
     return replace_head(model, arch, num_classes)
+
+
+def set_dropout(model: nn.Module, arch: str, p: float | None) -> None:
+    """--dropout: every nn.Dropout of the model gets probability ``p``; None keeps torchvision's."""
+    if p is None:
+        return
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    if not layers:
+        raise TLError(f"--dropout: {arch} has no dropout layers; leave --dropout out for it")
+    for m in layers:
+        m.p = float(p)
 
 
 def guess_arch(state: dict) -> str | None:

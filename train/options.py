@@ -22,6 +22,7 @@ ARCHS = (
     "resnet18", "resnet34", "resnet50",
     "mobilenet_v3_small", "mobilenet_v3_large",
     "efficientnet_b0",
+    "squeezenet1_1",
 )
 AUGMENTS = ("seed", "standard", "none")
 OPTIMIZERS = ("sgd", "adamw")
@@ -55,6 +56,7 @@ class TrainOptions:
     arch: str = "vgg16"
     weights: str = "imagenet"  # imagenet | none | PATH to a torchvision state_dict
     freeze: str = "none"  # features: train only the head
+    dropout: float | None = None  # every dropout layer's probability; None: the architecture's own
     image_size: int = 224
     resize_mode: str = "squash"
     resize_size: int | None = None
@@ -78,6 +80,7 @@ class TrainOptions:
     amp: bool = True
     channels_last: bool = True
     skip_bad: bool = False
+    sync_bn: bool = False  # DDP on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     resume: str | Path | None = None
     progress: bool = True  # progress bars, for the CLI's reporter; kept in the checkpoint's args
 
@@ -112,6 +115,7 @@ class TrainOptions:
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})"),
             (self.patience >= 0, f"--patience must be >= 0 (got {self.patience}); 0 turns early stopping off"),
             (0 < self.val_split < 1, f"--val-split must be between 0 and 1 (got {self.val_split})"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout})"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
         )
         for ok, message in checks:

@@ -20,9 +20,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> None:
-    """Python, numpy, torch and the DataLoader's shuffling all start the epoch from (seed, epoch)."""
+def seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator, *, rank: int = 0) -> None:
+    """Python, numpy, torch and the DataLoader's workers all start the epoch from (seed, epoch);
+    DDP ranks > 0 from a stream of their own, so their augmentation and dropout differ from rank 0's."""
     s = epoch_seed(seed, epoch)
+    if rank:
+        s = epoch_seed(s, rank)
     seed_everything(s)
     loader_gen.manual_seed(s)
 
