@@ -170,7 +170,8 @@ def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
     t.add_column("value", overflow="fold")
     t.add_row("file", art["file"])
     t.add_row("size", f"{art['size_mb']:.2f} MB")
-    t.add_row("backend", art["backend"])
+    others = [b for b in art.get("backends", []) if b != art["backend"]]
+    t.add_row("backend", art["backend"] + (f" (also: {', '.join(f'--backend {b}' for b in others)})" if others else ""))
     t.add_row("format", str(art.get("format")))
     t.add_row("precision", str(art.get("precision")))
     if "opset" in art:
@@ -206,6 +207,9 @@ def _environment_table(e: dict):
     et.add_row("python", f"{e['python']} on {e['platform']}")
     et.add_row("numpy / Pillow", f"{e['numpy']} / {e['pillow']}")
     et.add_row("onnxruntime", f"{ort['version']}: {', '.join(ort['providers'])}" if ort else "not installed")
+    ov = e.get("openvino")
+    et.add_row("openvino", f"{ov['version']}: {', '.join(ov['devices'])} ({', '.join(ov['cpu_capabilities'])})"
+               if ov else "not installed")
     et.add_row("tensorrt", e["tensorrt"] or "not installed")
     et.add_row("cpu", f"{e['cpu']['model']} ({e['cpu']['usable_cores']} of {e['cpu']['cores']} cores usable)")
     for i, g in enumerate(e["gpus"]):
