@@ -66,7 +66,7 @@ def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequenc
 
 
 def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",
-                providers=None, spec=None, device=0, threads=None) -> None:
+                providers=None, spec=None, device=0, threads=None, precision=None) -> None:
     import numpy as np
 
     from tl.console import RichReporter
@@ -77,7 +77,7 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
     if output is not None:
         check_output(output, model=model, spec=spec if isinstance(spec, (str, Path)) else None, paths=paths, found=found)
     clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
-                          intra_op_threads=threads)
+                          intra_op_threads=threads, precision=precision)
     preds, failures = [], []
     reporter = RichReporter()
     with reporter, reporter.task("classifying", total=len(found.images)) as task:

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from tl.runtime.artifact import spec_from_metadata
+from tl.runtime.backends.registry import OPENVINO_PRECISIONS
 from tl.runtime.errors import TLError
 from tl.runtime.onnxmeta import read_onnx_meta
 from tl.runtime.spec import ModelSpec
 
 INSTALL_HINT = "install it with pip install 'tl[openvino]' (the openvino extra)"
-# tl names -> OpenVINO element types; "default" leaves the choice to OpenVINO (bf16 on AMX CPUs).
-INFERENCE_PRECISIONS = ("f32", "bf16", "f16", "default")
 HINTS = ("latency", "throughput")
 RT_INFO_PATH = "framework"  # where OpenVINO's ONNX frontend keeps metadata_props
 _RUNS_AS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -52,13 +51,22 @@ def rt_metadata(model) -> dict[str, str]:
     return {str(k): model.get_rt_info([RT_INFO_PATH, str(k)]).astype(str) for k in keys}
 
 
+def default_inference_precision() -> str:
+    """The CPU plugin's own inference precision ("bf16" on AMX CPUs, else "f32"), without compiling anything."""
+    import_openvino()
+    import openvino as ov
+    import openvino.properties.hint as hints
+
+    return ov.Core().get_property("CPU", hints.inference_precision).to_string()
+
+
 def compile_config(ov, *, precision: str, hint: str, threads: int | None, cache_dir: str | Path | None) -> dict:
     """compile_model properties: performance hint, threads, blob cache, and the precision (unless 'default')."""
     import openvino.properties as props
     import openvino.properties.hint as hints
 
-    if precision not in INFERENCE_PRECISIONS:
-        raise TLError(f"OpenVINO inference precision must be one of {', '.join(INFERENCE_PRECISIONS)} (got {precision!r})")
+    if precision not in OPENVINO_PRECISIONS:
+        raise TLError(f"OpenVINO inference precision must be one of {', '.join(OPENVINO_PRECISIONS)} (got {precision!r})")
     if hint not in HINTS:
         raise TLError(f"OpenVINO performance hint must be one of {', '.join(HINTS)} (got {hint!r})")
     mode = hints.PerformanceMode.LATENCY if hint == "latency" else hints.PerformanceMode.THROUGHPUT

@@ -58,6 +58,9 @@ REGISTRY: tuple[BackendEntry, ...] = (
     BackendEntry("openvino", "tl.runtime.backends.openvino", "OpenVinoBackend", ONNX_SUFFIXES, ("openvino", "ov")),
 )
 
+# OpenVINO inference precisions; "default" leaves the choice to OpenVINO (bf16 on AMX CPUs).
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")
+
 BACKEND_CHOICES = ("auto",) + tuple(a for e in REGISTRY for a in e.aliases)
 
 
