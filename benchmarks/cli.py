@@ -102,6 +102,7 @@ def bench_table(result):
     img = env.get("images", {})
     caption = (f"p50/p99: latency host->host; img/s = batch / p50; speedup: img/s vs eager fp32 at the same batch; "
                f"agree: top-1 vs eager fp32 on {img.get('count')} images ({img.get('source')}); "
+               "disturbed N: ok, but p90/p50 = N says other load hit the cell; "
                "every column (mean, p90, first call, size, build, gpu ms) is in bench.md/json/csv")
     table = Table(title=title, caption=caption, header_style="bold", width=TABLE_WIDTH, pad_edge=False,
                   box=None, show_edge=False)
@@ -115,5 +116,5 @@ def bench_table(result):
         if r.status == "ok" and r.speedup is not None and r.speedup >= 1.5:
             speedup = f"[green]{speedup}[/]"
         table.add_row(r.backend, r.precision, provider(r), str(r.batch), fmt(r.p50_ms), fmt(r.p99_ms),
-                      fmt(r.throughput, 1), speedup, pct(r.agreement), escape(status(r)), style=style)
+                      fmt(r.throughput, 1), speedup, pct(r.agreement), escape(status(r, short=True)), style=style)
     return table

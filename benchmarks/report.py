@@ -127,11 +127,13 @@ def provider(r: "BenchRow") -> str:
     return ORT_PROVIDER_SHORT.get(r.provider, r.provider) if r.provider else "-"
 
 
-def status(r: "BenchRow") -> str:
+def status(r: "BenchRow", *, short: bool = False) -> str:
     """ok, or ok with the p90/p50 of a disturbed cell, or the reason a cell did not run."""
     if r.status != "ok":
         return f"{r.status}: {r.error or ''}"
-    return f"ok, disturbed (p90/p50 {r.spread:.2f})" if r.disturbed else "ok"
+    if not r.disturbed:
+        return "ok"
+    return f"disturbed {r.spread:.2f}" if short else f"ok, disturbed (p90/p50 {r.spread:.2f})"
 
 
 def table_rows(rows: list["BenchRow"]) -> tuple[list[str], list[list[str]]]:
