@@ -3,8 +3,9 @@
 ``run(BenchOptions(...))`` loads the FP32 reference, builds and loads the runners, times
 each batch size with every runner in interleaved rounds, checks each runner's top-1
 agreement with eager FP32 on the same preprocessed images, recommends per batch size the
-fastest row that agrees well enough, and writes bench.json/csv/md/png. A cell that fails is recorded with its reason and the
-matrix goes on.
+fastest row that agrees well enough, and writes bench.json/csv/md/png. A cell that fails
+is recorded with its reason and the matrix goes on. Every runner stays loaded until the
+last batch size is timed (interleaving needs them all at once).
 """
 
 from __future__ import annotations
