@@ -109,3 +109,15 @@ def test_cli_predict_and_info_with_openvino(tl_cli, model_files, synth_data, tmp
     assert r.code == 0 and "--backend openvino" in r.out and "openvino" in r.out
     assert_user_error(tl_cli("predict", model_files[0], synth_data / "val", "--backend", "tflite"), "--backend", "tflite")
     assert_user_error(tl_cli("predict", model_files[0], synth_data / "val", "--precision", "bf16"), "openvino backend only")
+
+
+def test_cache_dir_keeps_the_compiled_blob_and_threads_apply(model_files, tmp_path):
+    import openvino.properties as props
+
+    clf = Classifier.load(model_files[0], backend="openvino", cache_dir=tmp_path / "ov-cache", intra_op_threads=1,
+                          hint="throughput")
+    assert list((tmp_path / "ov-cache").glob("*.blob"))
+    assert clf.backend.compiled.get_property(props.inference_num_threads) == 1
+    again = Classifier.load(model_files[0], backend="openvino", cache_dir=tmp_path / "ov-cache")  # loads the blob
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(again.predict_logits(x), clf.predict_logits(x), atol=1e-5)
