@@ -9,7 +9,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[train,cpu,serve,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,cpu,openvino,serve,dev]'
 	touch $@
 
 demo: install

@@ -36,15 +36,18 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--val-dir", default=None, type=click.Path(path_type=str),
               help="Labelled images (one folder per class): benchmark images and an accuracy column.")
 @field_option(BenchOptions, "images", type=int, help="Benchmark images for the agreement check (without --val-dir).")
-@click.option("--threads", default=None, type=int, help="CPU threads for torch and ONNX Runtime (default: their own).")
+@click.option("--threads", default=None, type=int, help="CPU threads for torch, ONNX Runtime and OpenVINO (default: their own).")
+@field_option(BenchOptions, "min_agreement", type=float,
+              help="Top-1 agreement with eager fp32 that the recommended row needs.")
 @click.option("--out", default=None, type=click.Path(path_type=str),
               help="Folder for bench.json/csv/md/png [default: bench/<date-time>].")
-def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_dir, images, threads, out):
+def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_dir, images, threads, min_agreement, out):
     """Benchmark eager PyTorch against every exported form of one model.
 
     TARGET is a checkpoint or run folder (PyTorch rows: eager, eager-fp16/bf16, compile)
-    and/or an export folder or model file (ONNX Runtime and TensorRT rows). Each cell is
-    timed host -> host after warm-up; agreement is top-1 vs eager FP32 on the same images.
+    and/or an export folder or model file (ONNX Runtime, OpenVINO and TensorRT rows). Every
+    runner of a batch size is timed host -> host in the same interleaved rounds; agreement is
+    top-1 vs eager FP32 on the same images; the fastest row that agrees enough is recommended.
 
     \b
       tl bench runs/x exports/x --batch-sizes 1,8
@@ -60,14 +63,24 @@ def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_di
     options = BenchOptions(
         targets=list(targets), device=device, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
         backends=None if backends is None else backends.split(","), warmup=warmup, seconds=seconds, iters=iters,
-        val_dir=val_dir, out=out_dir, threads=threads, images=images,
+        val_dir=val_dir, out=out_dir, threads=threads, images=images, min_agreement=min_agreement,
     )
     with RichReporter() as reporter:
         result = run(options, reporter=reporter)
     print_table(bench_table(result))
+    echo_recommendations(result)
     failed = [r for r in result.rows if r.status == "failed"]
     click.echo(f"wrote {', '.join(p.name for p in result.files.values())} to {out_dir}"
                + (f" ({len(failed)} failed cell{'s' if len(failed) != 1 else ''}: see the status column)" if failed else ""))
+
+
+def echo_recommendations(result) -> None:
+    click.echo(f"recommended (fastest with top-1 agreement >= {result.min_agreement:.1%} vs eager fp32):")
+    for rec in result.recommendations:
+        click.echo(f"  {rec.summary(result.min_agreement)}")
+        for kind, line in (("Python", rec.python), ("CLI", rec.cli)):
+            if line:
+                click.echo(f"    {kind}: {line}")
 
 
 # backend, precision, provider, batch, p50, p99, img/s, speedup, agreement, status
@@ -80,7 +93,7 @@ def bench_table(result):
     from rich.markup import escape
     from rich.table import Table
 
-    from tl.benchmarks.report import fmt, pct, provider, times
+    from tl.benchmarks.report import fmt, pct, provider, status, times
     from tl.console import shown
 
     env = result.environment
@@ -89,6 +102,7 @@ def bench_table(result):
     img = env.get("images", {})
     caption = (f"p50/p99: latency host->host; img/s = batch / p50; speedup: img/s vs eager fp32 at the same batch; "
                f"agree: top-1 vs eager fp32 on {img.get('count')} images ({img.get('source')}); "
+               "disturbed N: ok, but p90/p50 = N says other load hit the cell; "
                "every column (mean, p90, first call, size, build, gpu ms) is in bench.md/json/csv")
     table = Table(title=title, caption=caption, header_style="bold", width=TABLE_WIDTH, pad_edge=False,
                   box=None, show_edge=False)
@@ -101,7 +115,6 @@ def bench_table(result):
         speedup = times(r.speedup)
         if r.status == "ok" and r.speedup is not None and r.speedup >= 1.5:
             speedup = f"[green]{speedup}[/]"
-        status = r.status if r.status == "ok" else escape(f"{r.status}: {r.error or ''}")
         table.add_row(r.backend, r.precision, provider(r), str(r.batch), fmt(r.p50_ms), fmt(r.p99_ms),
-                      fmt(r.throughput, 1), speedup, pct(r.agreement), status, style=style)
+                      fmt(r.throughput, 1), speedup, pct(r.agreement), escape(status(r, short=True)), style=style)
     return table

@@ -1,9 +1,11 @@
 """The benchmark matrix: every runner x every batch size, timed by the one timing core.
 
-``run(BenchOptions(...))`` loads the FP32 reference, builds the runners, times each cell,
-checks each runner's top-1 agreement with eager FP32 on the same preprocessed images and
-writes bench.json/csv/md/png. A cell that fails is recorded with its reason and the
-matrix goes on.
+``run(BenchOptions(...))`` loads the FP32 reference, builds and loads the runners, times
+each batch size with every runner in interleaved rounds, checks each runner's top-1
+agreement with eager FP32 on the same preprocessed images, recommends per batch size the
+fastest row that agrees well enough, and writes bench.json/csv/md/png. A cell that fails
+is recorded with its reason and the matrix goes on. Every runner stays loaded until the
+last batch size is timed (interleaving needs them all at once).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
+from tl.benchmarks.recommend import Recommendation, recommend
 from tl.benchmarks.targets import Targets, bench_images, check_provenance, resolve_targets, spec_of_targets
 from tl.runtime.errors import TLError
 from tl.runtime.files import ensure_output_dir
@@ -52,6 +55,9 @@ class BenchRow:
     error: str | None = None
     compute_ms: float | None = None  # device time per call (trtexec's GPU Compute Time)
     artifact: str | None = None
+    rounds: int | None = None  # interleaved rounds timed (one sample each)
+    spread: float | None = None  # p90 / p50
+    disturbed: bool | None = None  # spread above timing.DISTURBED_SPREAD: other load hit this cell
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,9 +73,12 @@ class BenchResult:
     images: dict[str, Any]  # {"source", "count", "labelled"}
     out: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    min_agreement: float | None = None
+    recommendations: list[Recommendation] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"environment": self.environment, "rows": [r.to_dict() for r in self.rows]}
+        return {"environment": self.environment, "rows": [r.to_dict() for r in self.rows],
+                "min_agreement": self.min_agreement, "recommendations": [asdict(r) for r in self.recommendations]}
 
     def row(self, backend: str, batch: int, precision: str | None = None) -> BenchRow | None:
         for r in self.rows:
@@ -141,6 +150,10 @@ def _make_runners(o: BenchOptions, targets: Targets, device: str, model, spec) -
             if not providers:
                 runners.append(SkippedRunner(backend="ort", precision=precision_from_name(a.path), device=device,
                                              reason="no ONNX Runtime here: install onnxruntime", artifact=a.path.name))
+    if "openvino" in wanted:
+        if explicit and not onnx and wanted == ("openvino",):
+            raise TLError("--backends openvino needs an export folder (or .onnx file) TARGET; make one with 'tl export'")
+        runners += _openvino_runners(o, onnx, spec)
     if "trt" in wanted:
         if explicit and not engines and wanted == ("trt",):
             raise TLError("--backends trt needs an export folder with a TensorRT engine; build one with 'tl export --trt' on a GPU")
@@ -152,6 +165,23 @@ def _make_runners(o: BenchOptions, targets: Targets, device: str, model, spec) -
         raise TLError("nothing to benchmark: give a checkpoint/run folder and/or an export folder, "
                       "and --backends that match them")
     return runners
+
+
+def _openvino_runners(o: BenchOptions, onnx: list, spec) -> list:
+    """OpenVINO rows per ONNX file (runners.openvino_variants); one skipped row each where OpenVINO is missing."""
+    from tl.benchmarks.runners import ClassifierRunner, SkippedRunner, openvino_variants
+    from tl.runtime.artifact import precision_from_name
+
+    try:
+        from tl.runtime.backends.openvino import default_inference_precision
+
+        default = default_inference_precision()
+    except TLError as e:
+        return [SkippedRunner(backend="openvino", precision=precision_from_name(a.path), device="cpu", reason=str(e),
+                              artifact=a.path.name) for a in onnx]
+    return [ClassifierRunner(path=a.path, backend="openvino", device="cpu", threads=o.threads, expected_spec=spec,
+                             ov_precision=ov)
+            for a in onnx for _, ov in openvino_variants(precision_from_name(a.path), default)]
 
 
 def _no_engine_reason() -> str:
@@ -208,46 +238,78 @@ def _load(bench: _Bench, runner) -> tuple[str, str | None]:
         return "failed", short_error(e)
 
 
-def _time_cell(bench: _Bench, runner, row: BenchRow) -> None:
-    from tl.benchmarks.timing import Stats, measure
+def _fill_row(row: BenchRow, timing, runner, xb: np.ndarray) -> None:
+    from tl.benchmarks.timing import DISTURBED_SPREAD, Stats, spread
 
-    b = row.batch
-    xb = _batch_of(bench.images, b)
-    timing = measure(lambda: runner.infer(xb), batch=b, options=bench.options.timing(), sync=runner.sync)
     st = timing.stats
     row.mean_ms, row.p50_ms, row.p90_ms, row.p99_ms = st.mean_ms, st.p50_ms, st.p90_ms, st.p99_ms
     row.min_ms, row.max_ms, row.first_ms, row.throughput = st.min_ms, st.max_ms, timing.first_ms, timing.throughput
-    if runner.max_batch is None or b <= runner.max_batch:  # device time is per engine call
+    row.rounds, row.spread = st.n, spread(st)
+    row.disturbed = row.spread > DISTURBED_SPREAD
+    if runner.max_batch is None or row.batch <= runner.max_batch:  # device time is per engine call
         compute = runner.device_compute_ms(xb, iters=max(10, min(len(timing.samples_ms), 200)))
         row.compute_ms = Stats.of(compute).mean_ms if compute else None
     row.build_s = timing.first_ms / 1000.0 if runner.builds_per_batch else runner.build_s
 
 
-def _measure(bench: _Bench, runner, task) -> list[BenchRow]:
-    """One row per batch size; a runner broken from its first cell is not paid for again."""
+def _cell_failed(bench: _Bench, row: BenchRow, e: Exception) -> None:
     from tl.benchmarks.runners import short_error
 
-    task.update(description=f"{runner.label} (loading)")
-    status, error = _load(bench, runner)
-    rows = []
+    if bench.debug:
+        raise e
+    oom = "out of memory" in str(e).lower() or type(e).__name__ in ("OutOfMemoryError", "MemoryError")
+    row.status, row.error = "failed", (f"out of memory at batch {row.batch}: " if oom else "") + short_error(e)
+    _free_cuda(bench.device)
+
+
+def _time_batch(bench: _Bench, runners: list, rows: dict[int, list[BenchRow]], loaded: list[int], b: int) -> None:
+    """One batch size: every loaded runner in the same interleaved rounds, then its device time."""
+    from tl.benchmarks.timing import measure_rounds
+
+    xb = _batch_of(bench.images, b)
+    live = [i for i in loaded if not _broken(rows[i], b)]
+    timings = measure_rounds([(lambda r=runners[i]: r.infer(xb)) for i in live], batch=b,
+                             options=bench.options.timing(), syncs=[runners[i].sync for i in live])
+    for i, timing in zip(live, timings):
+        row = next(r for r in rows[i] if r.batch == b)
+        try:
+            if isinstance(timing, Exception):
+                raise timing
+            _fill_row(row, timing, runners[i], xb)
+        except Exception as e:  # noqa: BLE001 - a broken cell must not stop the matrix
+            _cell_failed(bench, row, e)
+
+
+def _broken(rows: list[BenchRow], b: int) -> bool:
+    """A runner whose every earlier cell failed (not for memory) is not paid for again: its row says so."""
+    earlier = [r for r in rows if r.batch in _before(rows, b)]
+    if not earlier or not all(r.status == "failed" and "out of memory" not in (r.error or "") for r in earlier):
+        return False
+    row = next(r for r in rows if r.batch == b)
+    row.status, row.error = "failed", f"{earlier[0].error} (at batch {earlier[0].batch})"
+    return True
+
+
+def _before(rows: list[BenchRow], b: int) -> list[int]:
+    batches = [r.batch for r in rows]
+    return batches[: batches.index(b)]
+
+
+def _measure_all(bench: _Bench, runners: list, task) -> list[list[BenchRow]]:
+    """Load every runner, then time each batch size in interleaved rounds (see timing.measure_rounds)."""
+    rows: dict[int, list[BenchRow]] = {}
+    for i, runner in enumerate(runners):
+        task.update(description=f"{runner.label} (loading)")
+        status, error = _load(bench, runner)
+        rows[i] = [BenchRow(backend=runner.backend, precision=runner.precision, provider=runner.provider,
+                            device=runner.device, batch=b, size_mb=runner.size_mb, artifact=runner.artifact,
+                            status=status, error=error) for b in bench.options.batch_sizes]
+    loaded = [i for i in rows if rows[i][0].status == "ok"]
     for b in bench.options.batch_sizes:
-        row = BenchRow(backend=runner.backend, precision=runner.precision, provider=runner.provider, device=runner.device,
-                       batch=b, size_mb=runner.size_mb, artifact=runner.artifact, status=status, error=error)
-        rows.append(row)
-        if status == "ok":
-            task.update(description=f"{runner.label} b={b}")
-            try:
-                _time_cell(bench, runner, row)
-            except Exception as e:  # noqa: BLE001
-                if bench.debug:
-                    raise
-                oom = "out of memory" in str(e).lower() or type(e).__name__ in ("OutOfMemoryError", "MemoryError")
-                row.status, row.error = "failed", (f"out of memory at batch {b}: " if oom else "") + short_error(e)
-                _free_cuda(bench.device)
-                if not oom and all(r.status == "failed" for r in rows):
-                    status, error = "failed", f"{row.error} (at batch {b})"
-        task.advance()
-    return rows
+        task.update(description=f"batch {b}: {len(loaded)} runners in interleaved rounds")
+        _time_batch(bench, runners, rows, loaded, b)
+        task.advance(len(runners))
+    return [rows[i] for i in range(len(runners))]
 
 
 def _agreement(bench: _Bench, runner, rows: list[BenchRow]) -> None:
@@ -308,6 +370,7 @@ def _speedups(rows: list[BenchRow]) -> None:
 
 def _environment(o: BenchOptions, device: str, spec, ckpt_path, targets: Targets, images: dict) -> dict[str, Any]:
     from tl.benchmarks.report import bench_environment
+    from tl.benchmarks.timing import DISTURBED_SPREAD
 
     env = bench_environment(device=device, threads=o.threads)
     env.update({
@@ -316,6 +379,7 @@ def _environment(o: BenchOptions, device: str, spec, ckpt_path, targets: Targets
         "artifacts": [str(a.path) for a in targets.artifacts],
         "images": images,
         "timing": {"warmup": o.warmup, "seconds": None if o.iters else o.seconds, "iters": o.iters,
+                   "rounds": "interleaved: every runner of a batch size once per round", "disturbed_spread": DISTURBED_SPREAD,
                    "percentiles": "nearest-rank", "latency": "host input -> host output",
                    "compute_ms": COMPUTE_MS_MEANING},
         "batch_sizes": list(o.batch_sizes),
@@ -351,16 +415,16 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
                        debug=os.environ.get("TL_DEBUG", "") not in ("", "0"))
         rows: list[BenchRow] = []
         with reporter.task("bench", total=len(runners) * len(o.batch_sizes)) as task:
-            for runner in runners:
-                runner_rows = _measure(bench, runner, task)
+            for runner, runner_rows in zip(runners, _measure_all(bench, runners, task)):
                 task.update(description=f"{runner.label} agreement")
-                _agreement(bench, runner, runner_rows)
+                _agreement(bench, runner, runner_rows)  # eager fp32 comes first: the reference
                 with contextlib.suppress(Exception):
                     runner.close()
                 _free_cuda(device)
                 rows.extend(runner_rows)
         _speedups(rows)
-        result = BenchResult(rows=rows, environment=env, images=images)
+        result = BenchResult(rows=rows, environment=env, images=images, min_agreement=o.min_agreement)
+        result.recommendations = recommend(rows, min_agreement=o.min_agreement, environment=env)
         if o.out is not None:
             from tl.benchmarks import report
 

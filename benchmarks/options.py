@@ -12,7 +12,7 @@ from typing import Sequence
 from tl.runtime.errors import TLError
 
 TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
-ARTIFACT_BACKENDS = ("ort", "trt")
+ARTIFACT_BACKENDS = ("ort", "trt", "openvino")
 BACKENDS = TORCH_BACKENDS + ARTIFACT_BACKENDS
 DEVICES = ("auto", "cpu", "cuda")
 MAX_BATCH_SIZE = 4096
@@ -38,6 +38,7 @@ class BenchOptions:
     out: str | Path | None = None
     threads: int | None = None
     images: int = 64  # benchmark images for agreement (all of --val-dir when given)
+    min_agreement: float = 0.99  # top-1 agreement with eager FP32 a recommended row needs
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -60,6 +61,7 @@ class BenchOptions:
         checks = (
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1 (got {self.threads})"),
             (self.images >= 1, f"--images must be at least 1 (got {self.images})"),
+            (0.0 <= self.min_agreement <= 1.0, f"--min-agreement must be between 0 and 1, e.g. 0.99 (got {self.min_agreement})"),
         )
         for ok, message in checks:
             if not ok:

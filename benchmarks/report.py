@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 REQUIRED_FIELDS = (
     "backend", "precision", "provider", "device", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms",
     "max_ms", "first_ms", "throughput", "speedup", "agreement", "accuracy", "size_mb", "build_s", "status", "error",
+    "rounds", "spread", "disturbed",
 )
 
 
@@ -118,23 +119,34 @@ def times(v: float | None) -> str:
 
 
 def provider(r: "BenchRow") -> str:
+    """Short provider: ORT's EP names shortened; OpenVINO's "OpenVINO 2026.4 CPU bf16" as "cpu bf16"."""
     from tl.benchmarks.runners import ORT_PROVIDER_SHORT
 
+    if r.backend == "openvino" and r.provider.startswith("OpenVINO "):
+        return " ".join(r.provider.split()[2:]).lower()
     return ORT_PROVIDER_SHORT.get(r.provider, r.provider) if r.provider else "-"
+
+
+def status(r: "BenchRow", *, short: bool = False) -> str:
+    """ok, or ok with the p90/p50 of a disturbed cell, or the reason a cell did not run."""
+    if r.status != "ok":
+        return f"{r.status}: {r.error or ''}"
+    if not r.disturbed:
+        return "ok"
+    return f"disturbed {r.spread:.2f}" if short else f"ok, disturbed (p90/p50 {r.spread:.2f})"
 
 
 def table_rows(rows: list["BenchRow"]) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the terminal table and bench.md."""
     header = ["backend", "prec", "provider", "dev", "batch", "mean ms", "p50", "p90", "p99", "min", "max",
-              "first ms", "img/s", "speedup", "agree", "acc", "MB", "build s", "gpu ms", "status"]
+              "first ms", "img/s", "speedup", "agree", "acc", "MB", "build s", "gpu ms", "rounds", "p90/p50", "status"]
     body = []
     for r in rows:
-        status = r.status if r.status == "ok" else f"{r.status}: {r.error or ''}"
         body.append([
             r.backend, r.precision, provider(r), r.device, str(r.batch), fmt(r.mean_ms), fmt(r.p50_ms),
             fmt(r.p90_ms), fmt(r.p99_ms), fmt(r.min_ms), fmt(r.max_ms), fmt(r.first_ms),
             fmt(r.throughput, 1), times(r.speedup), pct(r.agreement), pct(r.accuracy), fmt(r.size_mb, 1),
-            fmt(r.build_s), fmt(r.compute_ms), status,
+            fmt(r.build_s), fmt(r.compute_ms), fmt(r.rounds), fmt(r.spread), status(r),
         ])
     return header, body
 
@@ -144,7 +156,9 @@ def caption(result: "BenchResult") -> str:
     t = env.get("timing", {})
     budget = f"{t.get('iters')} iters" if t.get("iters") else f"{t.get('seconds')} s"
     img = env.get("images", {})
-    return (f"latency host->host, nearest-rank percentiles; warm-up {t.get('warmup')}, {budget} per cell; "
+    return (f"latency host->host, nearest-rank percentiles; warm-up {t.get('warmup')}, {budget} per cell, every runner "
+            f"of a batch size timed in the same interleaved rounds (one call each per round); a cell whose p90/p50 "
+            f"exceeds {t.get('disturbed_spread')} is marked disturbed; "
             f"img/s = batch / p50 latency; speedup = img/s vs eager fp32 at the same batch; agreement = top-1 vs eager fp32 on "
             f"{img.get('count')} images ({img.get('source')}); latency includes host<->device copies for every backend "
             f"(TensorRT uses pinned host buffers, torch and ONNX Runtime pageable memory); gpu ms = "
@@ -194,9 +208,21 @@ def write_md(result: "BenchResult", path: Path) -> Path:
     ]
     for cells in body:
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", caption(result) + ".", "", "![bench](bench.png)", ""]
+    lines += ["", caption(result) + ".", "", *recommendation_md(result), "![bench](bench.png)", ""]
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def recommendation_md(result: "BenchResult") -> list[str]:
+    """The 'what to ship' section of bench.md: one entry per batch size with the lines that load it."""
+    if result.min_agreement is None:
+        return []
+    lines = [f"## Recommendation (fastest with top-1 agreement >= {result.min_agreement:.1%} vs eager fp32)", ""]
+    for rec in result.recommendations:
+        lines.append(f"- {_md_escape(rec.summary(result.min_agreement))}")
+        lines += [f"  - Python: `{rec.python}`"] if rec.python else []
+        lines += [f"  - CLI: `{rec.cli}`"] if rec.cli else []
+    return lines + [""]
 
 
 # Colours per backend family; precision varies the shade so ort fp32/int8 stay distinct.
@@ -204,6 +230,7 @@ _COLOURS = {
     "eager fp32": "#4d4d4d", "eager fp16": "#8c8c8c", "eager bf16": "#b3b3b3", "compile fp32": "#9467bd",
     "ort fp32": "#1f77b4", "ort fp16": "#6baed6", "ort int8": "#2ca02c",
     "trt fp32": "#d62728", "trt fp16": "#ff7f0e", "trt int8": "#e6550d",
+    "openvino fp32": "#17becf", "openvino bf16": "#9edae5", "openvino fp16": "#7fc7d1", "openvino int8": "#bcbd22",
 }
 
 

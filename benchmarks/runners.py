@@ -165,19 +165,41 @@ class TorchRunner(Runner):
 # -- tl.runtime artifacts ------------------------------------------------------------------
 
 
+RUNTIME_BACKEND = {"ort": "onnxruntime", "trt": "tensorrt", "openvino": "openvino"}
+
+
+def openvino_variants(file_precision: str, default_precision: str | None) -> list[tuple[str, str]]:
+    """(row precision, OpenVINO inference precision) rows for one ONNX file.
+
+    FP32 files get an f32-pinned row (exact, comparable with ORT FP32) and, only where
+    OpenVINO's own default is bf16 (AMX CPUs), a bf16 row. INT8 files run with the default
+    (their unquantized layers in bf16 where the CPU has it): the fastest form, whose cost
+    the agreement column shows.
+    """
+    if file_precision == "fp32":
+        return [("fp32", "f32")] + ([("bf16", "default")] if default_precision == "bf16" else [])
+    if file_precision == "int8":
+        return [("int8", "default")]
+    return [(file_precision, "f32")]
+
+
 class ClassifierRunner(Runner):
     """An exported artifact through tl.runtime.Classifier: exactly what `tl predict` runs."""
 
     def __init__(self, *, path: str | Path, backend: str, device: str, provider: str | None = None,
-                 threads: int | None = None, build_s: float | None = None, expected_spec: Any = None):
+                 threads: int | None = None, build_s: float | None = None, expected_spec: Any = None,
+                 ov_precision: str | None = None):
         if backend not in ARTIFACT_BACKENDS:
             raise ValueError(backend)
+        self.ov_precision = ov_precision  # openvino: the inference precision asked for
         self.path = Path(path)
         self.backend = backend
         self.device = device
         self.provider = provider or ("TensorRT" if backend == "trt" else "")
         self.artifact = self.path.name
         self.precision = precision_from_name(self.path)
+        if ov_precision == "default" and self.precision == "fp32":
+            self.precision = "bf16"  # the row that exists only where OpenVINO's default is bf16
         self.size_mb = self.path.stat().st_size / 1e6 if self.path.is_file() else None
         self.threads = threads
         self._engine_build_s = build_s
@@ -190,10 +212,12 @@ class ClassifierRunner(Runner):
         from tl.runtime import Classifier
 
         t0 = time.perf_counter()
-        self.clf = Classifier.load(self.path, backend="onnxruntime" if self.backend == "ort" else "tensorrt",
+        self.clf = Classifier.load(self.path, backend=RUNTIME_BACKEND[self.backend],
                                    providers=[self.provider] if self.backend == "ort" else None,
-                                   intra_op_threads=self.threads)
+                                   intra_op_threads=self.threads, precision=self.ov_precision)
         load_s = time.perf_counter() - t0
+        if self.backend == "openvino" and self.clf.precision != self.precision:
+            raise SkipCell(f"OpenVINO runs {self.clf.precision} here, not {self.precision}")
         # TensorRT: the engine build (from the sidecar/export.json) is the build time; ORT: session creation.
         self.build_s = self._engine_build_s if self._engine_build_s is not None else load_s
         self.precision = self.clf.precision

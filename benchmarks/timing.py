@@ -127,13 +127,7 @@ def measure(
     if batch < 1:
         raise ValueError(f"batch must be >= 1 (got {batch})")
 
-    def call() -> float:
-        t0 = clock()
-        fn()
-        if sync is not None:
-            sync()
-        return (clock() - t0) * 1000.0
-
+    call = _timed_call(fn, sync, clock)
     start = clock()
     first_ms = call()
     for _ in range(options.warmup):
@@ -157,6 +151,86 @@ def measure(
         warmup=options.warmup,
         wall_s=clock() - start,
     )
+
+
+# p90/p50 above this marks a cell as disturbed: a quiet CPU or GPU cell stays near 1.1; other
+# processes on a shared machine stretch the tail first.
+DISTURBED_SPREAD = 1.3
+
+
+def spread(stats: Stats) -> float:
+    """p90 / p50: how far the slow tail of a cell sits from its median."""
+    return stats.p90_ms / stats.p50_ms if stats.p50_ms > 0 else float("inf")
+
+
+def _stop_rounds(options: TimingOptions, rounds: int, timed_ms: float, active: int) -> bool:
+    if options.iters is not None:
+        return rounds >= options.iters
+    if rounds >= options.max_iters:
+        return True
+    return rounds >= options.min_iters and timed_ms >= float(options.seconds or 0.0) * 1000.0 * active
+
+
+def measure_rounds(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    batch: int,
+    options: TimingOptions,
+    syncs: Sequence[Callable[[], None] | None] | None = None,
+    clock: Clock = time.perf_counter,
+) -> list[Timing | Exception]:
+    """Time several runners of one batch size in interleaved rounds: each is timed once per round.
+
+    Background load on a shared machine then falls on every runner alike, so their ratios
+    stay honest where back-to-back cells would each see a different moment. Each runner
+    gets its first call and warm-up as in ``measure``; ``options.iters`` is the number of
+    rounds, else rounds run until ``options.seconds`` of timed calls per runner. In a round
+    each runner makes one untimed call before its timed one: ONNX Runtime, OpenMP (torch)
+    and TBB (OpenVINO) spin their threads after a call, and the untimed call absorbs the
+    previous runner's spinning, so the timed call sees only its own runtime, as in a server.
+    The order rotates every round. A runner that raises gets its exception back and leaves.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1 (got {batch})")
+    syncs = list(syncs) if syncs is not None else [None] * len(fns)
+    calls = [_timed_call(fn, sync, clock) for fn, sync in zip(fns, syncs)]
+    out: list[Timing | Exception | None] = [None] * len(fns)
+    firsts: dict[int, float] = {}
+    for i, call in enumerate(calls):
+        try:
+            firsts[i] = call()
+            for _ in range(options.warmup):
+                call()
+        except Exception as e:  # noqa: BLE001 - reported per runner
+            out[i] = e
+    samples: dict[int, list[float]] = {i: [] for i in firsts}
+    start, rounds, timed = clock(), 0, 0.0
+    while samples and not _stop_rounds(options, rounds, timed, len(samples)):
+        order = sorted(samples)
+        for i in order[rounds % len(order):] + order[: rounds % len(order)]:
+            try:
+                calls[i]()  # settle: see the docstring
+                samples[i].append(calls[i]())
+                timed += samples[i][-1]
+            except Exception as e:  # noqa: BLE001
+                out[i] = e
+                del samples[i]
+        rounds += 1
+    for i, got in samples.items():
+        out[i] = Timing(batch=batch, first_ms=firsts[i], samples_ms=tuple(got), warmup=options.warmup,
+                        wall_s=clock() - start)
+    return out  # type: ignore[return-value]
+
+
+def _timed_call(fn: Callable[[], Any], sync: Callable[[], None] | None, clock: Clock) -> Callable[[], float]:
+    def call() -> float:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        return (clock() - t0) * 1000.0
+
+    return call
 
 
 def cuda_event_timer(torch_module: Any) -> Callable[[Callable[[], Any], int], list[float]]:

@@ -4,7 +4,7 @@
     for p in clf.predict(["cat.jpg", "dog.png"]):
         print(p.label, p.score)
 
-The backend (ONNX Runtime or TensorRT) is chosen by file suffix through the registry in
+The backend (ONNX Runtime or TensorRT; OpenVINO on request) is chosen by file suffix through the registry in
 ``tl.runtime.backends``; labels and preprocessing come from the ModelSpec the artifact carries.
 """
 
@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from tl.runtime import images
-from tl.runtime.backends import Backend, load_backend
+from tl.runtime.backends import Backend, entry_for, load_backend
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
@@ -54,11 +54,15 @@ class Classifier:
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", providers=None, device: int = 0,
              spec: ModelSpec | str | os.PathLike | None = None, *, intra_op_threads: int | None = None,
-             cache_dir: str | os.PathLike | None = None) -> "Classifier":
-        """``path``: .onnx (ONNX Runtime) or .plan/.engine (TensorRT + its .json sidecar).
+             cache_dir: str | os.PathLike | None = None, precision: str | None = None,
+             hint: str | None = None) -> "Classifier":
+        """``path``: .onnx (ONNX Runtime, or OpenVINO with backend="openvino") or .plan/.engine
+        (TensorRT + its .json sidecar).
 
         spec: a ModelSpec or spec.json for files that carry none (an ONNX from elsewhere).
         providers: ONNX Runtime only; None/"auto" = TensorRT EP -> CUDA -> CPU, or e.g. "cpu".
+        precision, hint: OpenVINO only; inference precision f32 (default) | bf16 | f16 | default
+        (OpenVINO's choice: bf16 on AMX CPUs), and the latency (default) | throughput hint.
         """
         path = Path(path)
         if path.is_dir():
@@ -74,6 +78,7 @@ class Classifier:
             options["intra_op_threads"] = intra_op_threads
         if cache_dir is not None:
             options["cache_dir"] = cache_dir
+        options.update(_openvino_options(path, backend, precision=precision, hint=hint))
         return cls(load_backend(path, backend=backend, **options))
 
     # -- what was loaded ---------------------------------------------------------------
@@ -182,6 +187,15 @@ class Classifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _openvino_options(path: Path, backend: str, **given) -> dict:
+    """precision= and hint= for the openvino backend; an error for any other, rather than ignored."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and entry_for(path, backend).name != "openvino":
+        raise TLError(f"{' and '.join(f'{k}=' for k in given)} apply to the openvino backend only "
+                      "(Classifier.load(path, backend='openvino', ...))")
+    return given
 
 
 def _source_name(x) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tl.runtime.backends import BACKEND_CHOICES
+from tl.runtime.backends.registry import BACKEND_CHOICES, OPENVINO_PRECISIONS
 
 FORMATS = ("table", "json", "csv")
 
@@ -23,12 +23,14 @@ FORMATS = ("table", "json", "csv")
               help="table for people; json (one object per line) or csv for scripts.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results here instead of stdout.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT.")
+              help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT; openvino runs .onnx on OpenVINO.")
 @click.option("--providers", default=None, help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: best available).")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="spec.json for a model that carries none.")
 @click.option("--device", default=0, show_default=True, type=int, help="GPU index.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
-def predict(model, paths, top_k, batch_size, fmt, output, backend, providers, spec_path, device, threads):
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
+@click.option("--precision", default=None, type=click.Choice(OPENVINO_PRECISIONS),
+              help="OpenVINO inference precision [default: f32; default = OpenVINO's choice, bf16 on AMX CPUs].")
+def predict(model, paths, top_k, batch_size, fmt, output, backend, providers, spec_path, device, threads, precision):
     """Classify images (files or folders, walked recursively) with an exported model.
 
     \b
@@ -38,7 +40,8 @@ def predict(model, paths, top_k, batch_size, fmt, output, backend, providers, sp
     from tl.runtime.commands import run_predict
 
     run_predict(model=model, paths=paths, top_k=top_k, batch_size=batch_size, fmt=fmt, output=output,
-                backend=backend, providers=providers, spec=spec_path, device=device, threads=threads)
+                backend=backend, providers=providers, spec=spec_path, device=device, threads=threads,
+                precision=precision)
 
 
 @click.command()

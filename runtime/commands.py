@@ -68,7 +68,7 @@ def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequenc
 
 
 def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",
-                providers=None, spec=None, device=0, threads=None) -> None:
+                providers=None, spec=None, device=0, threads=None, precision=None) -> None:
     import numpy as np
 
     from tl.console import RichReporter
@@ -79,7 +79,7 @@ def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=Non
     if output is not None:
         check_output(output, model=model, spec=spec if isinstance(spec, (str, Path)) else None, paths=paths, found=found)
     clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
-                          intra_op_threads=threads)
+                          intra_op_threads=threads, precision=precision)
     preds, failures = [], []
     reporter = RichReporter()
     with reporter, reporter.task("classifying", total=len(found.images)) as task:
@@ -172,7 +172,8 @@ def run_info(*, model, fmt: str = "text", env: bool = True) -> None:
     t.add_column("value", overflow="fold")
     t.add_row("file", art["file"])
     t.add_row("size", f"{art['size_mb']:.2f} MB")
-    t.add_row("backend", art["backend"])
+    others = [b for b in art.get("backends", []) if b != art["backend"]]
+    t.add_row("backend", art["backend"] + (f" (also: {', '.join(f'--backend {b}' for b in others)})" if others else ""))
     t.add_row("format", str(art.get("format")))
     t.add_row("precision", str(art.get("precision")))
     if "opset" in art:
@@ -208,6 +209,9 @@ def _environment_table(e: dict):
     et.add_row("python", f"{e['python']} on {e['platform']}")
     et.add_row("numpy / Pillow", f"{e['numpy']} / {e['pillow']}")
     et.add_row("onnxruntime", f"{ort['version']}: {', '.join(ort['providers'])}" if ort else "not installed")
+    ov = e.get("openvino")
+    et.add_row("openvino", f"{ov['version']}: {', '.join(ov['devices'])} ({', '.join(ov['cpu_capabilities'])})"
+               if ov else "not installed")
     et.add_row("tensorrt", e["tensorrt"] or "not installed")
     et.add_row("cpu", f"{e['cpu']['model']} ({e['cpu']['usable_cores']} of {e['cpu']['cores']} cores usable)")
     for i, g in enumerate(e["gpus"]):

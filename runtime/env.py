@@ -33,8 +33,19 @@ def onnxruntime_info() -> dict[str, Any] | None:
     return {"version": ort.__version__, "device": ort.get_device(), "providers": list(ort.get_available_providers())}
 
 
+def openvino_info() -> dict[str, Any] | None:
+    """OpenVINO's version, devices and the CPU's optimization capabilities (BF16 / INT8 show here)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") if "CPU" in core.available_devices else []
+    return {"version": ov.__version__.split("-")[0], "devices": list(core.available_devices), "cpu_capabilities": list(caps)}
+
+
 def environment() -> dict[str, Any]:
-    """Where a model runs: Python, numpy/Pillow, ONNX Runtime, TensorRT, cuda-python, CPU, GPUs."""
+    """Where a model runs: Python, numpy/Pillow, ONNX Runtime, OpenVINO, TensorRT, cuda-python, CPU, GPUs."""
     import numpy
     import PIL
 
@@ -46,6 +57,7 @@ def environment() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
         "onnxruntime": onnxruntime_info(),
+        "openvino": openvino_info(),
         "tensorrt": tensorrt_version(),
         "cuda_python": cuda_python_version(),
         "tl": package_version("tl"),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tl.runtime.artifact import MODEL_SUFFIXES, SPEC_KEY, spec_from_metadata
-from tl.runtime.backends import entry_for
+from tl.runtime.backends import REGISTRY, entry_for
 from tl.runtime.errors import TLError
 
 
@@ -23,7 +23,8 @@ def artifact_info(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise TLError(f"model not found: {path}")
     entry = entry_for(path)
-    info: dict[str, Any] = {"file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3), "backend": entry.name}
+    info: dict[str, Any] = {"file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3), "backend": entry.name,
+                            "backends": [e.name for e in REGISTRY if path.suffix.lower() in e.suffixes]}
     if entry.name == "onnxruntime":
         info.update(_onnx_info(path))
     else:

@@ -84,8 +84,9 @@ def messy_export(bench_model, tmp_path):
 def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tmp_path):
     ckpt, _ = bench_model
     out = tmp_path / "bench"
-    r = tl_cli("bench", ckpt.parent, messy_export, "--device", "cpu", "--backends", "eager,ort,trt",
-               "--batch-sizes", "1,4", *FAST, "--val-dir", synth_data / "val", "--threads", "2", "--out", out)
+    r = tl_cli("bench", ckpt.parent, messy_export, "--device", "cpu", "--backends", "eager,ort,openvino,trt",
+               "--batch-sizes", "1,4", *FAST, "--val-dir", synth_data / "val", "--threads", "2", "--out", out,
+               "--min-agreement", "0.5")
     assert r.code == 0, r.err
     assert "ort" in r.out and "int8" in r.out
     assert f"to {out}" in r.out
@@ -94,8 +95,13 @@ def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tm
     data = json.loads((out / "bench.json").read_text())
     rows = data["rows"]
     by = {(r["backend"], r["precision"], r["batch"]): r for r in rows}
-    # 5 runners (eager, ort fp32, ort fp16 (corrupt), ort int8, trt fp16) x 2 batch sizes.
-    assert len(rows) == 5 * 2
+    # 8 runners (eager, ort fp32/fp16 (corrupt)/int8, openvino fp32/fp16/int8, trt fp16) x 2 batch sizes;
+    # no openvino bf16 row: OpenVINO's default on this CPU is f32 (a bf16 row appears only where it runs bf16).
+    from tl.runtime.backends.openvino import default_inference_precision
+
+    bf16_here = default_inference_precision() == "bf16"
+    assert len(rows) == (9 if bf16_here else 8) * 2
+    assert ("openvino", "bf16", 1) in by if bf16_here else ("openvino", "bf16", 1) not in by
     assert [r["backend"] for r in rows[:2]] == ["eager", "eager"]
 
     for b in (1, 4):
@@ -110,8 +116,15 @@ def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tm
         assert fp32["provider"] == "CPUExecutionProvider" and fp32["build_s"] > 0
         assert int8["size_mb"] < 0.6 * fp32["size_mb"]
         # The corrupt file failed with its reason; the engine is skipped on CPU; the rest ran.
-        bad = by[("ort", "fp16", b)]
-        assert bad["status"] == "failed" and bad["error"] and bad["mean_ms"] is None
+        for backend in ("ort", "openvino"):
+            bad = by[(backend, "fp16", b)]
+            assert bad["status"] == "failed" and bad["error"] and bad["mean_ms"] is None
+        ov32, ov8 = by[("openvino", "fp32", b)], by[("openvino", "int8", b)]
+        assert ov32["status"] == ov8["status"] == "ok" and ov32["provider"].endswith("CPU f32")
+        assert ov32["agreement"] >= 0.9 and ov8["agreement"] is not None
+        for row in (eager, fp32, int8, ov32, ov8):  # every runner of a batch size in the same rounds
+            assert row["rounds"] == 3 and row["spread"] == pytest.approx(row["p90_ms"] / row["p50_ms"])
+            assert row["disturbed"] == (row["spread"] > data["environment"]["timing"]["disturbed_spread"])
         trt = by[("trt", "fp16", b)]
         assert trt["status"] == "skipped" and "CUDA" in trt["error"]
 
@@ -133,6 +146,19 @@ def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tm
     assert by[("ort", "int8", 4)]["agreement"] == pytest.approx(float((int8_top1 == ref).mean()))
     assert by[("ort", "int8", 4)]["accuracy"] == pytest.approx(float((int8_top1 == labels).mean()))
     assert by[("ort", "fp32", 1)]["agreement"] >= 0.9
+
+    ov_top1 = Classifier.load(messy_export / "model.int8.onnx", backend="openvino", precision="default").predict_logits(x).argmax(1)
+    assert by[("openvino", "int8", 1)]["agreement"] == pytest.approx(float((ov_top1 == ref).mean()))
+
+    # The recommendation: per batch size, the fastest ok row at >= 50% agreement, with lines that load it.
+    assert data["min_agreement"] == 0.5
+    for rec in data["recommendations"]:
+        ok = [x for x in rows if x["batch"] == rec["batch"] and x["status"] == "ok" and x["agreement"] >= 0.5]
+        best = min(ok, key=lambda x: x["p50_ms"])
+        assert (rec["backend"], rec["precision"], rec["p50_ms"]) == (best["backend"], best["precision"], best["p50_ms"])
+        assert f"batch {rec['batch']}: {rec['backend']} {rec['precision']}" in r.out and rec["python"] in r.out
+    assert [rec["batch"] for rec in data["recommendations"]] == [1, 4]
+    assert "## Recommendation" in (out / "bench.md").read_text()
 
     env = data["environment"]
     assert env["images"]["count"] == len(files) and env["images"]["labelled"]

@@ -40,13 +40,15 @@ def result() -> BenchResult:
                          error="TensorRT engines run only on a CUDA GPU (use --device cuda)", artifact="model.fp16.plan"))
         rows.append(_row("eager-bf16", "bf16", b, 0, status="failed", error="RuntimeError: boom | pipe"))
     from tl.benchmarks.matrix import _speedups
+    from tl.benchmarks.recommend import recommend
 
     _speedups(rows)
     env = bench_environment(device="cpu", threads=None)
     env.update({"arch": "vgg16", "image_size": [224, 224], "artifacts": ["/x/model.onnx", "/x/model.int8.onnx"],
                 "images": {"source": "synthetic shapes (32)", "count": 32, "labelled": True},
-                "timing": {"warmup": 3, "seconds": 3.0, "iters": None}})
-    return BenchResult(rows=rows, environment=env, images=env["images"])
+                "timing": {"warmup": 3, "seconds": 3.0, "iters": None}, "checkpoint": "/r/best.pt"})
+    return BenchResult(rows=rows, environment=env, images=env["images"], min_agreement=0.95,
+                       recommendations=recommend(rows, min_agreement=0.95, environment=env))
 
 
 def test_speedup_is_relative_to_eager_fp32_at_the_same_batch(result):
@@ -72,7 +74,7 @@ def test_writers_schema_and_contents(result, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.csv", "bench.json", "bench.md", "bench.png"]
 
     data = json.loads(files["json"].read_text())
-    assert set(data) == {"environment", "rows"}
+    assert set(data) == {"environment", "rows", "min_agreement", "recommendations"}
     assert ENV_KEYS <= set(data["environment"])
     assert len(data["rows"]) == len(result.rows)
     for row in data["rows"]:
@@ -128,3 +130,57 @@ def test_png_with_only_failed_rows_still_renders(tmp_path):
     env = {"arch": "resnet18", "image_size": [32, 32], "device": "cpu", "cpu": "cpu", "timing": {}, "images": {}}
     files = write_all(BenchResult(rows=rows, environment=env, images={}), tmp_path)
     assert files["png"].stat().st_size > 5_000
+
+
+def _ov_row(precision, batch, p50, agreement):
+    return _row("openvino", precision, batch, p50, agreement=agreement, artifact="model.int8.onnx",
+                provider=f"OpenVINO 2026.4.1 CPU {'bf16' if precision == 'bf16' else 'f32'}")
+
+
+def test_recommendation_is_the_fastest_row_above_the_threshold(result):
+    from tl.benchmarks.recommend import recommend
+
+    # At 0.95, ORT INT8 (0.3x latency, 97% agreement) wins; at 0.99 it is out and compile (0.8x) wins.
+    rec = {r.batch: r for r in result.recommendations}
+    assert (rec[1].backend, rec[1].precision, rec[8].backend) == ("ort", "int8", "ort")
+    assert rec[8].p50_ms == pytest.approx(240) and rec[8].speedup == pytest.approx(1 / 0.3)
+    assert rec[1].python == "from tl.runtime import Classifier; clf = Classifier.load('/x/model.int8.onnx', providers='cpu')"
+    assert rec[1].cli == "tl predict /x/model.int8.onnx IMAGES... --providers cpu"
+    strict = {r.batch: r for r in recommend(result.rows, min_agreement=0.99, environment=result.environment)}
+    assert strict[1].backend == "compile" and strict[1].cli is None and "torch.compile" in strict[1].python
+    assert "/r/best.pt" in strict[1].python
+    # An OpenVINO row faster still, at 99.5%: its line pins what it measured.
+    rows = result.rows + [_ov_row("int8", 1, 10.0, 0.995), _ov_row("bf16", 1, 5.0, 0.98)]
+    ov = recommend(rows, min_agreement=0.99, environment=result.environment)[0]
+    assert (ov.backend, ov.precision, ov.agreement) == ("openvino", "int8", 0.995)
+    assert ov.cli == "tl predict /x/model.int8.onnx IMAGES... --backend openvino --precision default"
+    assert "backend='openvino', precision='default'" in ov.python
+
+
+def test_recommendation_says_plainly_when_nothing_meets_the_threshold(result, tmp_path):
+    from tl.benchmarks.recommend import recommend
+
+    none = recommend(result.rows, min_agreement=1.0 + 1e-9, environment=result.environment)
+    assert [r.backend for r in none] == [None, None]
+    assert none[0].summary(1.0) == ("batch 1: no row meets the 100.0% agreement threshold "
+                                    "(the best agreement is 100.0% (eager fp32))")
+    no_ref = [_row("ort", "int8", 1, 5.0, artifact="model.int8.onnx")]  # no checkpoint: no agreement
+    assert "no agreement was measured" in recommend(no_ref, min_agreement=0.5)[0].reason
+    result.recommendations, result.min_agreement = none, 1.0
+    md = write_all(result, tmp_path)["md"].read_text()
+    assert "## Recommendation" in md and "no row meets the 100.0% agreement threshold" in md
+
+
+def test_disturbed_cells_are_flagged_in_every_report(result, tmp_path):
+    from rich.console import Console
+
+    row = result.row("ort", 1, "int8")
+    row.rounds, row.spread, row.disturbed = 40, 1.8, True
+    console = Console(record=True, width=250)
+    console.print(bench_table(result))
+    assert "disturbed" in console.export_text()
+    files = write_all(result, tmp_path)
+    assert "ok, disturbed (p90/p50 1.80)" in files["md"].read_text()
+    data = json.loads(files["json"].read_text())
+    assert next(r for r in data["rows"] if r["precision"] == "int8" and r["batch"] == 1)["disturbed"] is True
+    assert data["recommendations"][0]["python"].startswith("from tl.runtime import Classifier")

@@ -136,3 +136,57 @@ def test_options_validation():
     with pytest.raises(TLError, match="--seconds"):
         TimingOptions(seconds=0)
     TimingOptions(seconds=None, iters=5)
+
+
+def test_rounds_interleave_every_runner_and_rotate_the_order():
+    """Each round times every runner once, after one untimed settle call; the start rotates."""
+    from tl.benchmarks.timing import measure_rounds
+
+    clock = FakeClock()
+    log = []
+
+    def runner(name, ms):
+        def fn():
+            log.append(name)
+            clock.now += ms / 1000.0
+        return fn
+
+    timings = measure_rounds([runner("a", 10), runner("b", 30)], batch=2,
+                             options=TimingOptions(warmup=1, iters=3), clock=clock)
+    # first + warm-up of each, then rounds of (settle, timed) per runner, rotating a,b / b,a / a,b.
+    assert log == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"]
+    a, b = timings
+    assert a.samples_ms == pytest.approx((10, 10, 10)) and b.samples_ms == pytest.approx((30, 30, 30))
+    assert a.throughput == pytest.approx(200) and b.first_ms == pytest.approx(30)
+
+
+def test_rounds_budget_counts_timed_calls_and_a_failing_runner_leaves():
+    from tl.benchmarks.timing import measure_rounds
+
+    clock = FakeClock()
+    ok, _ = workload(clock, [10])
+    calls = []
+
+    def flaky():  # fine for its first call and warm-up, then breaks in round 2
+        calls.append(1)
+        clock.now += 0.01
+        if len(calls) > 4:
+            raise RuntimeError("device lost")
+
+    def broken():
+        raise ValueError("cannot even start")
+
+    t_ok, t_flaky, t_broken = measure_rounds([ok, flaky, broken], batch=1,
+                                             options=TimingOptions(warmup=0, seconds=0.1, min_iters=1), clock=clock)
+    assert isinstance(t_flaky, RuntimeError) and isinstance(t_broken, ValueError)
+    # 100 ms of timed calls per live runner: ok's 10 ms samples, while flaky lasted (1 round) it counted too.
+    assert 9 <= len(t_ok.samples_ms) <= 11
+
+
+def test_spread_and_the_disturbed_threshold():
+    from tl.benchmarks.timing import DISTURBED_SPREAD, spread
+
+    quiet = Stats.of([10.0] * 9 + [11.0])
+    noisy = Stats.of([10.0] * 8 + [20.0, 30.0])
+    assert spread(quiet) == pytest.approx(1.0) and spread(quiet) <= DISTURBED_SPREAD
+    assert spread(noisy) == pytest.approx(2.0) and spread(noisy) > DISTURBED_SPREAD

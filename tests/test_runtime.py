@@ -183,7 +183,7 @@ def test_load_errors(tmp_path, model_files, clf):
     with pytest.raises(TLError, match="TensorRT engine"):
         entry_for(tmp_path / "m.plan", "ort")
     with pytest.raises(TLError, match="unknown backend"):
-        entry_for(model_files[0], "openvino")
+        entry_for(model_files[0], "tensorflow")
     with pytest.raises(TLError, match="not available"):
         Classifier.load(model_files[0], providers="cuda")
     with pytest.raises(TLError, match="expected a batch"):

@@ -1,7 +1,8 @@
 """The runtime works where torch (and onnx) are not installed: an edge box with `pip install tl[cpu]`.
 
 A sitecustomize on PYTHONPATH installs a meta-path finder that makes `import torch`,
-`torchvision` and `onnx` fail, exactly as on a machine without them.
+`torchvision` and `onnx` fail, exactly as on a machine without them (and any module named
+in TL_TEST_BLOCK, e.g. openvino for a box without the openvino extra).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import pytest
 from conftest import REPO, run_tl_subprocess
 
 BLOCKER = textwrap.dedent("""
-    import sys
+    import os, sys
 
-    BLOCKED = ("torch", "torchvision", "onnx", "onnxscript")
+    BLOCKED = ("torch", "torchvision", "onnx", "onnxscript") + tuple(filter(None, os.environ.get("TL_TEST_BLOCK", "").split(",")))
 
     class _Block:
         def find_spec(self, name, path=None, target=None):
@@ -99,3 +100,15 @@ def test_cli_predict_info_without_torch(no_torch_env, onnx_path, synth_data):
     assert "opset" in r.out and "mobilenet_v3_small" in r.out
     r = run_tl_subprocess("predict", onnx_path / "nope.onnx", synth_data, env=no_torch_env, timeout=120)
     assert r.code == 1 and r.err.startswith("error: ") and "Traceback" not in r.err
+
+
+def test_openvino_backend_without_torch_and_without_openvino(no_torch_env, onnx_path, synth_data):
+    files = [str(f) for f in sorted((synth_data / "val").rglob("*.png"))[:3]]
+    r = run_tl_subprocess("predict", onnx_path, *files, "--backend", "openvino", "--format", "json",
+                          env=no_torch_env, timeout=120)
+    assert r.code == 0, r.err
+    assert len(r.out.strip().splitlines()) == len(files) and "(openvino, fp32, OpenVINO" in r.err
+    r = run_tl_subprocess("predict", onnx_path, *files, "--backend", "openvino",
+                          env={**no_torch_env, "TL_TEST_BLOCK": "openvino"}, timeout=120)
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    assert r.err.startswith("error: ") and "pip install 'tl[openvino]'" in r.err

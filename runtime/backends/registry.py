@@ -25,11 +25,11 @@ if TYPE_CHECKING:  # numpy is not needed to list the backends (tl predict --help
 class Backend(Protocol):
     """What Classifier needs from a backend; everything else is the backend's business."""
 
-    name: str  # "onnxruntime" | "tensorrt"
+    name: str  # "onnxruntime" | "tensorrt" | "openvino"
     path: Path
     spec: ModelSpec
     providers: list[str]  # what actually runs the model
-    precision: str  # "fp32" | "fp16" | "int8"
+    precision: str  # what really runs: "fp32" | "fp16" | "int8" | "bf16" (OpenVINO)
     min_batch: int  # batches below it are padded (engines whose profile starts above 1)
     max_batch: int | None  # None: unbounded
 
@@ -54,7 +54,12 @@ class BackendEntry:
 REGISTRY: tuple[BackendEntry, ...] = (
     BackendEntry("onnxruntime", "tl.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ONNX_SUFFIXES, ("ort", "onnxruntime")),
     BackendEntry("tensorrt", "tl.runtime.backends.tensorrt", "TensorRTBackend", ENGINE_SUFFIXES, ("trt", "tensorrt")),
+    # Also runs .onnx, but only when asked for: auto keeps ONNX Runtime for .onnx (first entry wins).
+    BackendEntry("openvino", "tl.runtime.backends.openvino", "OpenVinoBackend", ONNX_SUFFIXES, ("openvino", "ov")),
 )
+
+# OpenVINO inference precisions; "default" leaves the choice to OpenVINO (bf16 on AMX CPUs).
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")
 
 BACKEND_CHOICES = ("auto",) + tuple(a for e in REGISTRY for a in e.aliases)
 
@@ -74,15 +79,15 @@ def entry_for(path: str | Path, backend: str = "auto") -> BackendEntry:
     requested = next((e for e in REGISTRY if wanted in e.aliases), None)
     if requested is None:
         raise TLError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
-    if requested is not by_suffix:
+    if suffix not in requested.suffixes:
         hint = (
             "for TensorRT through ONNX Runtime use providers 'trt' (--providers trt), or build an engine with 'tl export --trt'"
             if by_suffix.name == "onnxruntime"
-            else "a TensorRT engine runs only on the tensorrt backend"
+            else "a TensorRT engine runs only on the tensorrt backend (OpenVINO runs the .onnx export)"
         )
         kinds = {"onnxruntime": "an ONNX model", "tensorrt": "a TensorRT engine"}
         raise TLError(f"{path} is {kinds[by_suffix.name]}, which the {requested.name} backend cannot run; {hint}")
-    return by_suffix
+    return requested
 
 
 def load_backend(path: str | Path, *, backend: str = "auto", **options) -> Backend:

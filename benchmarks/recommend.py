@@ -1,0 +1,88 @@
+"""What to ship: per batch size, the fastest row whose top-1 agreement with eager FP32 is high enough.
+
+The fastest form differs by machine (OpenVINO INT8 wins on AMX Xeons, ONNX Runtime INT8 on
+AMD EPYC), so the answer comes from the rows measured here, with the line that loads it.
+A row with no agreement (no checkpoint to compare with) cannot be recommended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    batch: int
+    backend: str | None = None  # None: nothing met the threshold (``reason`` says why)
+    precision: str | None = None
+    provider: str | None = None
+    artifact: str | None = None
+    p50_ms: float | None = None
+    throughput: float | None = None
+    speedup: float | None = None
+    agreement: float | None = None
+    python: str | None = None
+    cli: str | None = None
+    reason: str | None = None
+
+    def summary(self, min_agreement: float) -> str:
+        if self.backend is None:
+            return f"batch {self.batch}: no row meets the {min_agreement:.1%} agreement threshold ({self.reason})"
+        what = f"{self.backend} {self.precision}" + (f" ({self.artifact})" if self.artifact else "")
+        speed = f", {self.speedup:.2f}x eager fp32" if self.speedup is not None else ""
+        return (f"batch {self.batch}: {what}: {self.p50_ms:.3g} ms p50, {self.throughput:.4g} img/s{speed}, "
+                f"agreement {self.agreement:.1%}")
+
+
+def recommend(rows: Iterable[Any], *, min_agreement: float, environment: dict | None = None) -> list[Recommendation]:
+    """One Recommendation per batch size, in the order the batch sizes were measured."""
+    rows = list(rows)
+    paths = _artifact_paths(environment or {})
+    out = []
+    for b in dict.fromkeys(r.batch for r in rows):
+        timed = [r for r in rows if r.batch == b and r.status == "ok" and r.p50_ms]
+        good = [r for r in timed if r.agreement is not None and r.agreement >= min_agreement]
+        if not good:
+            out.append(Recommendation(batch=b, reason=_why_none(timed, min_agreement)))
+            continue
+        best = min(good, key=lambda r: r.p50_ms)
+        python, cli = load_lines(best, paths, (environment or {}).get("checkpoint"))
+        out.append(Recommendation(batch=b, backend=best.backend, precision=best.precision, provider=best.provider,
+                                  artifact=best.artifact, p50_ms=best.p50_ms, throughput=best.throughput,
+                                  speedup=best.speedup, agreement=best.agreement, python=python, cli=cli))
+    return out
+
+
+def _why_none(timed: list, min_agreement: float) -> str:
+    if not timed:
+        return "no row ran"
+    measured = [r for r in timed if r.agreement is not None]
+    if not measured:
+        return "no agreement was measured: give the checkpoint (or an export.json that names it) as a TARGET"
+    best = max(measured, key=lambda r: r.agreement)
+    return f"the best agreement is {best.agreement:.1%} ({best.backend} {best.precision})"
+
+
+def _artifact_paths(environment: dict) -> dict[str, str]:
+    return {Path(p).name: str(p) for p in environment.get("artifacts") or []}
+
+
+def load_lines(row: Any, paths: dict[str, str], checkpoint: str | None) -> tuple[str, str | None]:
+    """(Python, CLI) that load what ``row`` measured; torch rows have no CLI (tl predict runs exports)."""
+    if row.backend in ("eager", "eager-fp16", "eager-bf16", "compile"):
+        ckpt = checkpoint or "best.pt"
+        wrap = "torch.compile(model)" if row.backend == "compile" else "model"
+        return (f"from tl.train.checkpoint import load_model; model = load_model({ckpt!r})[0].eval(); "
+                f"fn = {wrap}", None)
+    path = paths.get(row.artifact or "", row.artifact or "model.onnx")
+    args, flags = "", ""
+    if row.backend == "openvino":
+        ov_precision = "f32" if row.precision in ("fp32", "fp16") else "default"
+        args, flags = f", backend='openvino', precision={ov_precision!r}", f" --backend openvino --precision {ov_precision}"
+    elif row.backend == "ort":  # the provider measured, not whatever auto picks on another box
+        short = "cuda" if row.provider == "CUDAExecutionProvider" else "cpu"
+        args, flags = f", providers={short!r}", f" --providers {short}"
+    return (f"from tl.runtime import Classifier; clf = Classifier.load({path!r}{args})",
+            f"tl predict {path} IMAGES...{flags}")
