@@ -256,6 +256,16 @@ def _make_scheduler(o: TrainOptions, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
 
 
+def _worker_start(workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default, fast) unless OpenVINO already runs in this
+    process. Forking after OpenVINO's CPU plugin started its threads kills the process with SIGSEGV
+    (seen when a bench or an OpenVINO Classifier ran before fit in one Python process); a forkserver
+    starts each worker from a clean process instead, at the cost of importing torch there."""
+    import sys
+
+    return "forkserver" if workers and "openvino" in sys.modules else None
+
+
 def _make_loaders(o: TrainOptions, data: RunData, spec: ModelSpec, device: torch.device,
                   ranks: Ranks) -> tuple[DataLoader, DataLoader, torch.Generator]:
     """Train and val loaders of this rank's share; the generator seeds the workers' augmentation and
@@ -269,9 +279,10 @@ def _make_loaders(o: TrainOptions, data: RunData, spec: ModelSpec, device: torch
     # BatchNorm cannot train on a batch of one; drop a lone last sample.
     drop_last = len(sampler) > batch and len(sampler) % batch == 1
     train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, generator=loader_gen,
-                              num_workers=o.workers, pin_memory=pin, drop_last=drop_last)
+                              num_workers=o.workers, pin_memory=pin, drop_last=drop_last,
+                              multiprocessing_context=_worker_start(o.workers))
     val_loader = DataLoader(val_shard(val_ds, ranks), batch_size=batch, shuffle=False, num_workers=o.workers,
-                            pin_memory=pin)
+                            pin_memory=pin, multiprocessing_context=_worker_start(o.workers))
     return train_loader, val_loader, loader_gen
 
 
