@@ -79,10 +79,10 @@ def load_lines(row: Any, paths: dict[str, str], checkpoint: str | None) -> tuple
     path = paths.get(row.artifact or "", row.artifact or "model.onnx")
     args, flags = "", ""
     if row.backend == "openvino":
-        ov_precision = "f32" if row.precision in ("fp32", "fp16") else "default"
+        ov_precision = {"fp32": "f32", "fp16": "f32", "bf16": "bf16"}.get(row.precision, "default")
         args, flags = f", backend='openvino', precision={ov_precision!r}", f" --backend openvino --precision {ov_precision}"
     elif row.backend == "ort":  # the provider measured, not whatever auto picks on another box
-        short = "cuda" if row.provider == "CUDAExecutionProvider" else "cpu"
+        short = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "trt"}.get(row.provider, "cpu")
         args, flags = f", providers={short!r}", f" --providers {short}"
     return (f"from tl.runtime import Classifier; clf = Classifier.load({path!r}{args})",
             f"tl predict {path} IMAGES...{flags}")

@@ -155,6 +155,9 @@ def test_recommendation_is_the_fastest_row_above_the_threshold(result):
     assert (ov.backend, ov.precision, ov.agreement) == ("openvino", "int8", 0.995)
     assert ov.cli == "tl predict /x/model.int8.onnx IMAGES... --backend openvino --precision default"
     assert "backend='openvino', precision='default'" in ov.python
+    # A bf16 row (AMX) that qualifies is loaded with bf16 pinned, not whatever another box defaults to.
+    bf16 = recommend(rows[:-1] + [_ov_row("bf16", 1, 5.0, 0.995)], min_agreement=0.99, environment=result.environment)[0]
+    assert bf16.precision == "bf16" and bf16.cli.endswith("--backend openvino --precision bf16")
 
 
 def test_recommendation_says_plainly_when_nothing_meets_the_threshold(result, tmp_path):
