@@ -8,6 +8,8 @@ matrix and that agreement/accuracy/speedup are computed against eager FP32.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import shutil
 
 import numpy as np
@@ -81,12 +83,22 @@ def messy_export(bench_model, tmp_path):
     return folder
 
 
-def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tmp_path):
+def in_fresh_python(code: str):
+    """The JSON a Python snippet prints, run in its own interpreter: OpenVINO never runs in the pytest
+    process (see OPENVINO_IN_PROCESS in conftest.py)."""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_cli_end_to_end_on_cpu(bench_model, messy_export, synth_data, tmp_path):
+    from conftest import run_tl_subprocess
+
     ckpt, _ = bench_model
     out = tmp_path / "bench"
-    r = tl_cli("bench", ckpt.parent, messy_export, "--device", "cpu", "--backends", "eager,ort,openvino,trt",
-               "--batch-sizes", "1,4", *FAST, "--val-dir", synth_data / "val", "--threads", "2", "--out", out,
-               "--min-agreement", "0.5")
+    r = run_tl_subprocess("bench", ckpt.parent, messy_export, "--device", "cpu", "--backends", "eager,ort,openvino,trt",
+                          "--batch-sizes", "1,4", *FAST, "--val-dir", synth_data / "val", "--threads", "2",
+                          "--out", out, "--min-agreement", "0.5")
     assert r.code == 0, r.err
     assert "ort" in r.out and "int8" in r.out
     assert f"to {out}" in r.out
@@ -97,9 +109,8 @@ def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tm
     by = {(r["backend"], r["precision"], r["batch"]): r for r in rows}
     # 8 runners (eager, ort fp32/fp16 (corrupt)/int8, openvino fp32/fp16/int8, trt fp16) x 2 batch sizes;
     # no openvino bf16 row: OpenVINO's default on this CPU is f32 (a bf16 row appears only where it runs bf16).
-    from tl.runtime.backends.openvino import default_inference_precision
-
-    bf16_here = default_inference_precision() == "bf16"
+    bf16_here = in_fresh_python("from tl.runtime.backends.openvino import default_inference_precision as d; "
+                                "import json; print(json.dumps(d()))") == "bf16"
     assert len(rows) == (9 if bf16_here else 8) * 2
     assert ("openvino", "bf16", 1) in by if bf16_here else ("openvino", "bf16", 1) not in by
     assert [r["backend"] for r in rows[:2]] == ["eager", "eager"]
@@ -147,7 +158,11 @@ def test_cli_end_to_end_on_cpu(tl_cli, bench_model, messy_export, synth_data, tm
     assert by[("ort", "int8", 4)]["accuracy"] == pytest.approx(float((int8_top1 == labels).mean()))
     assert by[("ort", "fp32", 1)]["agreement"] >= 0.9
 
-    ov_top1 = Classifier.load(messy_export / "model.int8.onnx", backend="openvino", precision="default").predict_logits(x).argmax(1)
+    np.save(tmp_path / "x.npy", x)
+    ov_top1 = np.array(in_fresh_python(
+        "import json, numpy as np; from tl.runtime import Classifier; "
+        f"clf = Classifier.load({str(messy_export / 'model.int8.onnx')!r}, backend='openvino', precision='default'); "
+        f"print(json.dumps(clf.predict_logits(np.load({str(tmp_path / 'x.npy')!r})).argmax(1).tolist()))"))
     assert by[("openvino", "int8", 1)]["agreement"] == pytest.approx(float((ov_top1 == ref).mean()))
 
     # The recommendation: per batch size, the fastest ok row at >= 50% agreement, with lines that load it.
