@@ -1,0 +1,20 @@
+"""tests/test_runtime_openvino.py in a pytest process of its own (see OPENVINO_IN_PROCESS in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import OPENVINO_HERE, OPENVINO_IN_PROCESS, REPO
+
+pytest.importorskip("openvino")
+
+
+def test_openvino_module_in_its_own_interpreter():
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/{OPENVINO_IN_PROCESS}"],
+                       cwd=REPO, env={**os.environ, OPENVINO_HERE: "1"}, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert " passed" in p.stdout and "failed" not in p.stdout
