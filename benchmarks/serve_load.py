@@ -3,10 +3,10 @@
     python -m tl.benchmarks.serve_load exports/x/model.onnx --out bench/serve
 
 Starts `tl serve` on a free port, sends single-image binary requests from 1, 8 and 32
-client threads (each its own tritonclient connection) for a fixed time per level, and
+virtual users (greenlets sharing one tritonclient connection pool) for a fixed time per level, and
 times the same model, backend and batch sizes in-process with ``Classifier.predict_logits``.
 Writes serve_load.json and serve_load.md. Client and server share the machine, so on a
-small box the client's own CPU use is part of what is measured.
+small box the client's own CPU use is part of what is measured; the report gives it per level.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ def _serve_args(o: LoadOptions) -> list[str]:
     return args
 
 
-def _client_loop(server: ServeProcess, model: str, x: np.ndarray, until: float, latencies: list[float]) -> None:
+def _client_loop(client, model: str, x: np.ndarray, until: float, latencies: list[float]) -> None:
+    """One virtual user: a request, its answer, the next request, until ``until``."""
     import tritonclient.http as httpclient
 
-    client = server.client()
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
     out = [httpclient.InferRequestedOutput("logits", binary_data=True)]
@@ -96,37 +96,41 @@ def _client_loop(server: ServeProcess, model: str, x: np.ndarray, until: float, 
         t0 = time.perf_counter()
         client.infer(model, [inp], outputs=out)
         latencies.append((time.perf_counter() - t0) * 1000.0)
-    client.close()
 
 
 def load_level(server: ServeProcess, model: str, x: np.ndarray, clients: int, seconds: float) -> dict:
-    """``clients`` threads sending ``x`` back to back for ``seconds``: latency percentiles and throughput."""
+    """``clients`` virtual users sending ``x`` back to back for ``seconds``: latency percentiles,
+    throughput, and the CPU the client itself used (it shares the machine with the server)."""
     from tl.benchmarks.timing import Stats
 
     _spin(server, model, x, clients, min(1.0, seconds / 5))  # warm-up: connections, first batches
     before = _batch_counts(server, model)
-    per_thread: list[list[float]] = [[] for _ in range(clients)]
-    start = time.perf_counter()
-    _spin(server, model, x, clients, seconds, per_thread)
-    wall = time.perf_counter() - start
+    per_user: list[list[float]] = [[] for _ in range(clients)]
+    start, cpu = time.perf_counter(), time.process_time()
+    _spin(server, model, x, clients, seconds, per_user)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     after = _batch_counts(server, model)
-    samples = [v for t in per_thread for v in t]
+    samples = [v for t in per_user for v in t]
     stats = Stats.of(samples)
     batches = after[0] - before[0]
     return {"concurrency": clients, "requests": len(samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
-            "mean_ms": stats.mean_ms, "throughput": len(samples) * len(x) / wall,
-            "mean_batch": (after[1] - before[1]) / batches if batches else None}
+            "mean_ms": stats.mean_ms, "throughput": len(samples) * len(x) / wall, "client_cpu_s": cpu,
+            "client_cores": cpu / wall, "mean_batch": (after[1] - before[1]) / batches if batches else None}
 
 
-def _spin(server, model, x, clients: int, seconds: float, per_thread: list[list[float]] | None = None) -> None:
-    per_thread = per_thread or [[] for _ in range(clients)]
+def _spin(server, model, x, clients: int, seconds: float, per_user: list[list[float]] | None = None) -> None:
+    """The users as greenlets on one tritonclient connection pool of ``clients`` connections, the way
+    tritonclient's own async_infer runs concurrent requests: cheaper for the shared CPU than OS threads."""
+    import gevent
+
+    per_user = per_user or [[] for _ in range(clients)]
+    client = server.client(concurrency=clients)
     until = time.perf_counter() + seconds
-    threads = [threading.Thread(target=_client_loop, args=(server, model, x, until, per_thread[i]))
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        users = [gevent.spawn(_client_loop, client, model, x, until, per_user[i]) for i in range(clients)]
+        gevent.joinall(users, raise_error=True)
+    finally:
+        client.close()
 
 
 def _batch_counts(server: ServeProcess, model: str) -> tuple[float, float]:
@@ -241,13 +245,14 @@ def write_png(result: dict, path: Path) -> None:
 def markdown(result: dict) -> str:
     s = result["summary"]
     lines = [f"# tl serve under load: {Path(result['model']).name} (max batch {result['max_batch']})", "",
-             "| where | concurrency / batch | p50 ms | p99 ms | images/s | mean batch |", "|---|---|---|---|---|---|"]
+             "| where | concurrency / batch | p50 ms | p99 ms | images/s | mean batch | client CPU (cores) |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["served"]:
         mean = f"{r['mean_batch']:.1f}" if r["mean_batch"] else "-"
         lines.append(f"| tl serve | c={r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['throughput']:.0f} | {mean} |")
+                     f"{r['throughput']:.0f} | {mean} | {r['client_cores']:.2f} |")
     for r in result["in_process"]:
-        lines.append(f"| in-process | b={r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | - |")
+        lines.append(f"| in-process | b={r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | - | - |")
     lines += ["", f"- serving overhead at concurrency 1 (p50): {s.get('overhead_p50_ms', float('nan')):.2f} ms",
               f"- throughput at concurrency {s['ratio_concurrency']} vs in-process batch {s['ratio_batch']}: "
               f"{100 * s['throughput_ratio']:.0f}%", ""]

@@ -84,7 +84,10 @@ class ImageCalibrationReader:
     """onnxruntime CalibrationDataReader over image files, through the runtime's one pipeline.
 
     Batches are kept once decoded, so ``rewind`` + another calibration (``--calib-method auto``
-    tries three) does not decode the images again.
+    tries three) does not decode the images again. ``len`` and ``set_range`` count batches: ORT's
+    strided calibration (``CalibStridedMinMax``) hands its calibrator one batch at a time, so the
+    activations it holds are one batch's, not every calibration image's (ORT's histogram
+    calibrators keep every output until the reader ends: VGG16 at 224 px and 256 images went past 24 GB).
     """
 
     def __init__(self, files: Sequence[Path], spec: ModelSpec, *, batch_size: int = CALIB_BATCH, task=None):
@@ -92,29 +95,40 @@ class ImageCalibrationReader:
         self.spec = spec
         self.batch_size = batch_size
         self.task = task
-        self._pos = 0
+        self._pos, self._end = 0, len(self.files)
         self._batches: list[np.ndarray] = []
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         from tl.runtime.images import preprocess
 
-        if self._pos >= len(self.files):
+        if self._pos >= self._end:
             return None
         index = self._pos // self.batch_size
-        chunk = self.files[self._pos : self._pos + self.batch_size]
+        chunk = self.files[self._pos : min(self._pos + self.batch_size, self._end)]
         self._pos += len(chunk)
-        if index == len(self._batches):
-            self._batches.append(preprocess(chunk, self.spec))
+        while index >= len(self._batches):  # decoded in order, once
+            at = len(self._batches) * self.batch_size
+            self._batches.append(preprocess(self.files[at : at + self.batch_size], self.spec))
         if self.task is not None:
             self.task.advance(len(chunk))
         return {self.spec.input.name: self._batches[index]}
 
     def rewind(self, task=None) -> None:
-        self._pos = 0
+        self._pos, self._end = 0, len(self.files)
         self.task = task
 
-    def __len__(self) -> int:
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Batches ``start_index`` up to ``end_index`` (ORT's strided calibration)."""
+        self._pos = start_index * self.batch_size
+        self._end = min(end_index * self.batch_size, len(self.files))
+
+    @property
+    def images(self) -> int:
         return len(self.files)
+
+    def __len__(self) -> int:
+        """Batches, the unit of ``set_range``."""
+        return -(-len(self.files) // self.batch_size)
 
 
 def quantize_int8(src: str | Path, path: str | Path, *, files: Sequence[Path], options: CalibOptions = CalibOptions(),
@@ -169,7 +183,7 @@ class Quantizer:
         """QDQ model calibrated with ``method``, stamped with tl's metadata (so Classifier loads it); in the work folder."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        task = reporter.task(f"calibrating INT8 ({method})", total=len(self.reader))
+        task = reporter.task(f"calibrating INT8 ({method})", total=self.reader.images)
         self.reader.rewind(task)
         out = self.work / f"{method}.int8.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print() their progress
@@ -180,7 +194,8 @@ class Quantizer:
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                   "percentile": CalibrationMethod.Percentile}[method],
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
-                               "CalibPercentile": self.options.percentile},
+                               "CalibPercentile": self.options.percentile,
+                               "CalibStridedMinMax": 1},  # one batch per collection: memory bounded (class doc)
             )
         task.close()
         self.save(out, out)
@@ -189,7 +204,7 @@ class Quantizer:
     def record(self, method: str, calibrate_s: float) -> dict[str, Any]:
         """export.json's calibration entry: how model.int8.onnx was made."""
         return {"method": method, "preprocess_s": self.preprocess_s, "calibrate_s": calibrate_s,
-                "images": len(self.reader), "per_channel": True, "reduce_range": self.options.reduce_range}
+                "images": self.reader.images, "per_channel": True, "reduce_range": self.options.reduce_range}
 
     def save(self, out: Path, path: str | Path) -> None:
         import onnx

@@ -90,6 +90,49 @@ def test_entropy_calibration(make_checkpoint, synth_data, tmp_path):
     assert sess.run(None, {"input": np.zeros((2, 3, 32, 32), np.float32)})[0].shape == (2, 4)
 
 
+def test_calibration_reader_counts_and_ranges_batches(quantized, synth_data):
+    """ORT's strided calibration sees one batch per collection: len() and set_range() count batches."""
+    from tl.export.int8 import ImageCalibrationReader, calibration_images
+    from tl.runtime.images import preprocess
+
+    _, spec, _, _ = quantized
+    files = calibration_images(calib_dir=synth_data / "val", ckpt=None, count=10)
+    reader = ImageCalibrationReader(files, spec, batch_size=4)
+    assert len(reader) == 3 and reader.images == 10
+    reader.set_range(2, 3)  # the last, short batch first: earlier batches are decoded on the way
+    last = reader.get_next()["input"]
+    assert reader.get_next() is None
+    np.testing.assert_array_equal(last, preprocess(files[8:], spec))
+    reader.set_range(1, 2)
+    np.testing.assert_array_equal(reader.get_next()["input"], preprocess(files[4:8], spec))
+    assert reader.get_next() is None
+    reader.rewind()
+    assert sum(len(b["input"]) for b in iter(reader.get_next, None)) == 10
+
+
+def test_strided_minmax_equals_one_pass(quantized, synth_data, tmp_path):
+    """Batch-by-batch collection (what tl asks ORT for) gives the min-max scales one pass gives."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from tl.export.int8 import CalibOptions, ImageCalibrationReader, Quantizer, calibration_images
+
+    _, spec, path, _ = quantized
+    files = calibration_images(calib_dir=synth_data / "train", ckpt=None, count=16)
+    with Quantizer(path.with_name("model.onnx"), tmp_path / "a.onnx", files=files,
+                   options=CalibOptions(count=16, method="minmax")) as q:
+        strided = onnx.load(str(q.quantize("minmax")))
+        quantize_static(str(q.pre), str(tmp_path / "one.onnx"), ImageCalibrationReader(files, spec),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    one = onnx.load(str(tmp_path / "one.onnx"))
+    scales = lambda p: {t.name: numpy_helper.to_array(t) for t in p.graph.initializer if t.name.endswith("_scale")}  # noqa: E731
+    a, b = scales(strided), scales(one)
+    assert len(a) > 10 and a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, err_msg=name)
+
+
 # -- choosing calibration images --------------------------------------------------------------
 
 def test_calibration_images_from_dir_sample_is_fixed_and_bounded(synth_data):

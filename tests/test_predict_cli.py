@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_user_error
+from conftest import assert_user_error, run_tl_subprocess
 from tl.runtime import Classifier
 from tl.runtime.images import list_images
 from tl.runtime.sidecar import BuildRecord, write_sidecar
@@ -149,12 +149,14 @@ def test_predict_engine_needs_tensorrt_or_sidecar(tl_cli, onnx_path, photos, tmp
 
 
 def test_info_onnx(tl_cli, onnx_path):
-    r = tl_cli("info", onnx_path)
+    # With the environment, `tl info` starts OpenVINO's Core where it is installed; that runs in a
+    # child interpreter, so OpenVINO never runs in the pytest process (see conftest OPENVINO_IN_PROCESS).
+    r = run_tl_subprocess("info", onnx_path, timeout=120)
     assert r.code == 0, r.err
     for frag in ("opset", "20", "fp32", "mobilenet_v3_small", "circle, square, triangle, cross",
                  "tensor(float)", "onnxruntime", "CPUExecutionProvider", "environment"):
         assert frag in r.out, frag
-    j = json.loads(tl_cli("info", onnx_path, "--format", "json").out)
+    j = json.loads(run_tl_subprocess("info", onnx_path, "--format", "json", timeout=120).out)
     a = j["artifact"]
     assert a["opset"] == 20 and a["precision"] == "fp32" and a["spec"]["num_classes"] == 4
     assert a["inputs"][0]["shape"][1:] == [3, 64, 64] and a["outputs"][0]["name"] == "logits"
