@@ -3,8 +3,9 @@
     python -m tl.benchmarks.serve_load exports/x/model.onnx --out bench/serve
 
 Starts `tl serve` on a free port, sends single-image binary requests from 1, 8 and 32
-virtual users (greenlets sharing one tritonclient connection pool) for a fixed time per level, and
-times the same model, backend and batch sizes in-process with ``Classifier.predict_logits``.
+virtual users (greenlets sharing one tritonclient connection pool), and times the same model,
+backend and batch sizes in-process with ``Classifier.predict_logits``, alternating the two in
+rounds so that background load on a shared machine hits both alike.
 Writes serve_load.json and serve_load.md. Client and server share the machine, so on a
 small box the client's own CPU use is part of what is measured; the report gives it per level.
 """
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
@@ -30,7 +31,8 @@ from tl.runtime.errors import TLError
 @dataclass
 class LoadOptions:
     concurrency: tuple[int, ...] = (1, 8, 32)
-    seconds: float = 5.0  # per concurrency level, after a short warm-up
+    seconds: float = 6.0  # per concurrency level and per in-process batch size, split over the rounds
+    rounds: int = 3  # served levels and in-process batches alternate, so drifting background load hits both
     max_batch: int | None = None  # passed to `tl serve --max-batch`
     max_delay_ms: float = 0.0  # tl serve's default
     backend: str = "auto"
@@ -98,24 +100,42 @@ def _client_loop(client, model: str, x: np.ndarray, until: float, latencies: lis
         latencies.append((time.perf_counter() - t0) * 1000.0)
 
 
-def load_level(server: ServeProcess, model: str, x: np.ndarray, clients: int, seconds: float) -> dict:
-    """``clients`` virtual users sending ``x`` back to back for ``seconds``: latency percentiles,
-    throughput, and the CPU the client itself used (it shares the machine with the server)."""
-    from tl.benchmarks.timing import Stats
+@dataclass
+class Tally:
+    """One level's slices, pooled over the rounds."""
 
-    _spin(server, model, x, clients, min(1.0, seconds / 5))  # warm-up: connections, first batches
+    samples: list[float] = field(default_factory=list)
+    images: int = 0
+    wall_s: float = 0.0
+    client_cpu_s: float = 0.0
+    batches: float = 0.0
+    rows: float = 0.0
+
+
+def load_slice(server: ServeProcess, model: str, x: np.ndarray, clients: int, seconds: float, tally: Tally) -> None:
+    """``clients`` virtual users sending ``x`` back to back for ``seconds``, after a short warm-up;
+    latencies, images, wall and client CPU time (it shares the machine with the server) and batches into ``tally``."""
+    _spin(server, model, x, clients, min(0.3, seconds / 5))  # warm-up: connections, first batches
     before = _batch_counts(server, model)
     per_user: list[list[float]] = [[] for _ in range(clients)]
     start, cpu = time.perf_counter(), time.process_time()
     _spin(server, model, x, clients, seconds, per_user)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    tally.wall_s += time.perf_counter() - start
+    tally.client_cpu_s += time.process_time() - cpu
     after = _batch_counts(server, model)
-    samples = [v for t in per_user for v in t]
-    stats = Stats.of(samples)
-    batches = after[0] - before[0]
-    return {"concurrency": clients, "requests": len(samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
-            "mean_ms": stats.mean_ms, "throughput": len(samples) * len(x) / wall, "client_cpu_s": cpu,
-            "client_cores": cpu / wall, "mean_batch": (after[1] - before[1]) / batches if batches else None}
+    tally.samples += [v for t in per_user for v in t]
+    tally.images += sum(map(len, per_user)) * len(x)
+    tally.batches += after[0] - before[0]
+    tally.rows += after[1] - before[1]
+
+
+def served_row(clients: int, t: Tally) -> dict:
+    from tl.benchmarks.timing import Stats
+
+    stats = Stats.of(t.samples)
+    return {"concurrency": clients, "requests": len(t.samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
+            "mean_ms": stats.mean_ms, "throughput": t.images / t.wall_s, "client_cpu_s": t.client_cpu_s,
+            "client_cores": t.client_cpu_s / t.wall_s, "mean_batch": t.rows / t.batches if t.batches else None}
 
 
 def _spin(server, model, x, clients: int, seconds: float, per_user: list[list[float]] | None = None) -> None:
@@ -145,24 +165,31 @@ def _batch_counts(server: ServeProcess, model: str) -> tuple[float, float]:
     return found.get("tl_batch_size_count", 0.0), found.get("tl_batch_size_sum", 0.0)
 
 
-def in_process(model_path: Path, o: LoadOptions, batches: list[int], seconds: float) -> list[dict]:
-    """The same model and backend called directly: p50/p99 and images/s at each batch size."""
+def in_process_slice(clf, x: np.ndarray, seconds: float, tally: Tally) -> None:
+    """The same model and backend called directly on ``x`` for ``seconds``, after 5 untimed calls."""
     from tl.benchmarks.timing import TimingOptions, measure
-    from tl.runtime.classifier import Classifier
 
-    rows = []
-    with Classifier.load(model_path, backend=o.backend, providers=o.providers, intra_op_threads=o.threads) as clf:
-        shape = (clf.spec.input.channels, clf.spec.input.height, clf.spec.input.width)
-        for b in batches:
-            x = np.random.default_rng(b).standard_normal((b, *shape)).astype(np.float32)
-            t = measure(lambda: clf.predict_logits(x), batch=b, options=TimingOptions(warmup=5, seconds=seconds))
-            rows.append({"batch": b, "p50_ms": t.stats.p50_ms, "p99_ms": t.stats.p99_ms,
-                         "throughput": b * len(t.samples_ms) / (sum(t.samples_ms) / 1000.0)})
-    return rows
+    t = measure(lambda: clf.predict_logits(x), batch=len(x), options=TimingOptions(warmup=5, seconds=seconds))
+    tally.samples += t.samples_ms
+    tally.images += len(x) * len(t.samples_ms)
+    tally.wall_s += sum(t.samples_ms) / 1000.0
+
+
+def in_process_row(batch: int, t: Tally) -> dict:
+    from tl.benchmarks.timing import Stats
+
+    stats = Stats.of(t.samples)
+    return {"batch": batch, "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms, "throughput": t.images / t.wall_s}
 
 
 def run_serve_load(model_path: str | Path, options: LoadOptions | None = None, out: str | Path | None = None) -> dict:
-    """Serve ``model_path``, load it at each concurrency, compare with in-process; write the report to ``out``."""
+    """Serve ``model_path``, load it at each concurrency, compare with in-process; write the report to ``out``.
+
+    Each round runs every concurrency level against the server, then every batch size in-process,
+    ``seconds / rounds`` each; the figures pool the rounds.
+    """
+    from tl.runtime.classifier import Classifier
+
     o = options or LoadOptions()
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -171,16 +198,27 @@ def run_serve_load(model_path: str | Path, options: LoadOptions | None = None, o
     try:
         meta = server.client().get_model_metadata("bench")
         max_batch = int(meta["parameters"]["max_batch_size"])
-        x = np.random.default_rng(0).standard_normal((1, *meta["inputs"][0]["shape"][1:])).astype(np.float32)
-        served = [load_level(server, "bench", x, c, o.seconds) for c in o.concurrency]
+        shape = tuple(meta["inputs"][0]["shape"][1:])
+        x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+        same = min(max(o.concurrency), max_batch)  # the batch the server can form at the highest concurrency
+        batches = {b: np.random.default_rng(b).standard_normal((b, *shape)).astype(np.float32) for b in sorted({1, same})}
+        served, local = {c: Tally() for c in o.concurrency}, {b: Tally() for b in batches}
+        piece = o.seconds / o.rounds
+        with Classifier.load(model_path, backend=o.backend, providers=o.providers, intra_op_threads=o.threads) as clf:
+            for _ in range(o.rounds):
+                for c in o.concurrency:
+                    load_slice(server, "bench", x, c, piece, served[c])
+                for b, xb in batches.items():
+                    in_process_slice(clf, xb, piece, local[b])
     finally:
         server.stop()
-    same = min(max(o.concurrency), max_batch)  # the batch the server can form at the highest concurrency
-    local = in_process(model_path, o, sorted({1, same}), o.seconds)
     from tl.runtime.env import environment
 
-    result = {"model": str(model_path), "options": asdict(o), "max_batch": max_batch, "served": served,
-              "in_process": local, "summary": _summary(served, local, same), "environment": environment()}
+    served_rows = [served_row(c, t) for c, t in served.items()]
+    local_rows = [in_process_row(b, t) for b, t in local.items()]
+    result = {"model": str(model_path), "options": asdict(o), "max_batch": max_batch, "served": served_rows,
+              "in_process": local_rows, "summary": _summary(served_rows, local_rows, same),
+              "environment": environment()}
     if out is not None:
         write_report(result, Path(out))
     return result
@@ -263,7 +301,10 @@ def markdown(result: dict) -> str:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for serve_load.json and .md.")
 @click.option("--concurrency", default="1,8,32", show_default=True, help="Client counts, comma-separated.")
-@click.option("--seconds", default=LoadOptions.seconds, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--seconds", default=LoadOptions.seconds, show_default=True, type=click.FloatRange(min=0.1),
+              help="Per level in total, split over the rounds.")
+@click.option("--rounds", default=LoadOptions.rounds, show_default=True, type=click.IntRange(min=1),
+              help="Served levels and in-process batches alternate this many times.")
 @click.option("--max-batch", default=None, type=click.IntRange(min=1))
 @click.option("--max-delay-ms", default=LoadOptions.max_delay_ms, show_default=True, type=click.FloatRange(min=0))
 @click.option("--backend", default=LoadOptions.backend, show_default=True)

@@ -330,9 +330,8 @@ def test_queue_full_is_refused():
         b = Batcher(run, max_batch=1, max_delay_s=0, queue=1)
         b.start()
         first = asyncio.ensure_future(b.submit(np.ones((1, 2), np.float32)))
-        while b.queue.qsize():  # the loop took the first request and runs it
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.01)
+        while not b.waiting or b.queued:  # the first request was submitted and the model's thread runs it
+            await asyncio.sleep(0.001)
         second = asyncio.ensure_future(b.submit(np.full((1, 2), 3, np.float32)))
         await asyncio.sleep(0)
         with pytest.raises(QueueFull, match="queue is full"):
@@ -424,7 +423,7 @@ def test_serve_load_report(model_file, tmp_path):
     from tl.benchmarks.serve_load import LoadOptions, run_serve_load
 
     out = tmp_path / "load"
-    result = run_serve_load(model_file, LoadOptions(concurrency=(1, 4), seconds=0.4, providers="cpu"), out)
+    result = run_serve_load(model_file, LoadOptions(concurrency=(1, 4), seconds=0.6, rounds=2, providers="cpu"), out)
     served = {r["concurrency"]: r for r in result["served"]}
     assert sorted(served) == [1, 4] and result["max_batch"] == 16
     for r in served.values():

@@ -8,6 +8,7 @@ length is then in ``Inference-Header-Content-Length`` and each binary input says
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -97,7 +98,7 @@ def _parse_input(raw, tail: memoryview) -> tuple[Tensor, int]:
     if datatype != "BYTES" and datatype not in DTYPES:
         raise BadRequest(f"input '{name}': datatype {datatype!r} is not accepted; send FP32 (the model's NCHW "
                          "tensor) or BYTES (encoded images)")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     size = _params(raw).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(tail):

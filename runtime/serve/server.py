@@ -60,7 +60,7 @@ def serve(source: str | Path, options: ServeOptions | None = None,
     try:
         import uvicorn
 
-        from tl.runtime.serve.app import create_app
+        from tl.runtime.serve.app import create_app, with_fast_infer
     except ImportError as e:
         raise TLError(f"tl serve needs the serve extra ({e.name} is not installed): pip install 'tl[serve]'") from None
     options = options or ServeOptions()
@@ -68,7 +68,8 @@ def serve(source: str | Path, options: ServeOptions | None = None,
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     app = create_app(models, max_body=int(options.max_body_mb * 1024 * 1024), version=_version())
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30)
+    config = uvicorn.Config(with_fast_infer(app), log_level="warning", access_log=False, lifespan="on",
+                            timeout_keep_alive=30)
     server = _server_class()(config)
     if on_ready:
         on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", models)
