@@ -2,7 +2,9 @@
 
 The fastest form differs by machine (OpenVINO INT8 wins on AMX Xeons, ONNX Runtime INT8 on
 AMD EPYC), so the answer comes from the rows measured here, with the line that loads it.
-A row with no agreement (no checkpoint to compare with) cannot be recommended.
+A row with no agreement (no checkpoint to compare with) cannot be recommended. Rows that
+qualify and run within ``LEVEL`` of the fastest are named beside it: at that distance a
+rerun can swap the order, so either is a fine choice.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+LEVEL = 0.03  # p50 within 3% of the fastest: "level with" it
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -26,14 +29,16 @@ class Recommendation:
     python: str | None = None
     cli: str | None = None
     reason: str | None = None
+    level_with: tuple[str, ...] = ()  # other qualifying rows within LEVEL of its p50, e.g. "ort int8 870 ms (+0.6%)"
 
     def summary(self, min_agreement: float) -> str:
         if self.backend is None:
             return f"batch {self.batch}: no row meets the {min_agreement:.1%} agreement threshold ({self.reason})"
         what = f"{self.backend} {self.precision}" + (f" ({self.artifact})" if self.artifact else "")
         speed = f", {self.speedup:.2f}x eager fp32" if self.speedup is not None else ""
+        level = f"; level with {', '.join(self.level_with)}" if self.level_with else ""
         return (f"batch {self.batch}: {what}: {self.p50_ms:.3g} ms p50, {self.throughput:.4g} img/s{speed}, "
-                f"agreement {self.agreement:.1%}")
+                f"agreement {self.agreement:.1%}{level}")
 
 
 def recommend(rows: Iterable[Any], *, min_agreement: float, environment: dict | None = None) -> list[Recommendation]:
@@ -49,9 +54,12 @@ def recommend(rows: Iterable[Any], *, min_agreement: float, environment: dict | 
             continue
         best = min(good, key=lambda r: r.p50_ms)
         python, cli = load_lines(best, paths, (environment or {}).get("checkpoint"))
+        level = tuple(f"{r.backend} {r.precision} {r.p50_ms:.3g} ms (+{r.p50_ms / best.p50_ms - 1:.1%})"
+                      for r in sorted(good, key=lambda r: r.p50_ms) if r is not best and r.p50_ms <= best.p50_ms * (1 + LEVEL))
         out.append(Recommendation(batch=b, backend=best.backend, precision=best.precision, provider=best.provider,
                                   artifact=best.artifact, p50_ms=best.p50_ms, throughput=best.throughput,
-                                  speedup=best.speedup, agreement=best.agreement, python=python, cli=cli))
+                                  speedup=best.speedup, agreement=best.agreement, python=python, cli=cli,
+                                  level_with=level))
     return out
 
 

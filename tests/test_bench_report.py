@@ -158,6 +158,12 @@ def test_recommendation_is_the_fastest_row_above_the_threshold(result):
     # A bf16 row (AMX) that qualifies is loaded with bf16 pinned, not whatever another box defaults to.
     bf16 = recommend(rows[:-1] + [_ov_row("bf16", 1, 5.0, 0.995)], min_agreement=0.99, environment=result.environment)[0]
     assert bf16.precision == "bf16" and bf16.cli.endswith("--backend openvino --precision bf16")
+    assert bf16.level_with == () and "level with" not in bf16.summary(0.99)
+    # A qualifying row within 3% of the fastest is named beside it (a rerun could swap them); one 4% off is not.
+    close = recommend(rows + [_ov_row("fp32", 1, 10.2, 1.0), _ov_row("fp16", 1, 10.4, 1.0)], min_agreement=0.99,
+                      environment=result.environment)[0]
+    assert close.backend == "openvino" and close.precision == "int8" and close.level_with == ("openvino fp32 10.2 ms (+2.0%)",)
+    assert close.summary(0.99).endswith("agreement 99.5%; level with openvino fp32 10.2 ms (+2.0%)")
 
 
 def test_recommendation_says_plainly_when_nothing_meets_the_threshold(result, tmp_path):
