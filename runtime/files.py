@@ -171,15 +171,19 @@ def sha256_file(path: str | Path) -> str:
 # -- the output-folder lock ------------------------------------------------------------------
 
 
-def _holder(fd: int) -> str:
-    """Who holds the lock, from what the holder wrote into the lock file."""
-    try:
-        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
-        since = time.localtime(float(data["since"]))
-        when = time.strftime("%H:%M:%S" if since[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S", since)
-        return f"`{data['command']}` (pid {int(data['pid'])}, since {when})"
-    except (OSError, ValueError, KeyError, TypeError):  # written a moment from now, or by a future tl
-        return "another tl command"
+def _holder(fd: int, tries: int = 10) -> str:
+    """Who holds the lock, from what the holder wrote into the lock file. A holder that has just
+    taken the lock writes it a moment later, so an empty or partial record is read again."""
+    for attempt in range(tries):
+        try:
+            data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+            since = time.localtime(float(data["since"]))
+            when = time.strftime("%H:%M:%S" if since[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S", since)
+            return f"`{data['command']}` (pid {int(data['pid'])}, since {when})"
+        except (OSError, ValueError, KeyError, TypeError):  # not written yet, or by a future tl
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+    return "another tl command"
 
 
 def _open_locked(lock: Path, command: str) -> int:

@@ -66,6 +66,16 @@ def run_tl_subprocess(*args: str, env: dict | None = None, timeout: int = 600) -
     return CliResult(p.returncode, p.stdout, p.stderr)
 
 
+def sigint_default() -> None:
+    """Popen preexec_fn for the Ctrl-C tests: SIGINT back to its default in the child. A pytest
+    started as a background job of a non-interactive shell runs with SIGINT ignored, children
+    inherit that, and Python then never raises KeyboardInterrupt: the test would time out on how
+    it was launched, not on tl."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assert_user_error(result: CliResult, *fragments: str) -> None:
     """A user mistake: non-zero exit, one `error:` line, no traceback."""
     assert result.code != 0, (result.out, result.err)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, assert_user_error, run_tl_subprocess
+from conftest import REPO, assert_user_error, run_tl_subprocess, sigint_default
 from tl.runtime.artifact import CHECKPOINT_KEY, onnx_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.files import LOCK_NAME, output_lock, sha256_file
@@ -32,7 +32,7 @@ ENV = {"OMP_NUM_THREADS": "1"}
 def _popen_tl(*args) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if k != "TL_DEBUG"}, **ENV}
     return subprocess.Popen([sys.executable, "-m", "tl", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

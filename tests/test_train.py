@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, assert_user_error
+from conftest import REPO, assert_user_error, sigint_default
 from tl.runtime.images import preprocess
 from tl.runtime.progress import Reporter, Task
 from tl.runtime.spec import ModelSpec
@@ -240,7 +240,7 @@ def test_ctrl_c_writes_last_pt_and_exits_cleanly(synth_data, tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "TL_DEBUG"}, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "tl", "train", str(synth_data), *TINY, "--epochs", "1000",
                           "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         deadline = time.time() + 180
         while not (out / "metrics.jsonl").exists() and time.time() < deadline and p.poll() is None:
