@@ -22,13 +22,14 @@ OPENVINO_IN_PROCESS = "test_runtime_openvino.py"
 OPENVINO_HERE = "TL_TEST_OPENVINO_HERE"
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get(OPENVINO_HERE) == "1" or all(item.path.name == OPENVINO_IN_PROCESS for item in items):
-        return
-    moved = [item for item in items if item.path.name == OPENVINO_IN_PROCESS]
-    if moved:
-        items[:] = [item for item in items if item.path.name != OPENVINO_IN_PROCESS]
-        config.hook.pytest_deselected(items=moved)
+def pytest_ignore_collect(collection_path, config):
+    """Not even collected here (collecting imports openvino into this process), unless this is the
+    pytest test_openvino_isolated.py starts or the file was named on the command line."""
+    if collection_path.name != OPENVINO_IN_PROCESS or os.environ.get(OPENVINO_HERE) == "1":
+        return None
+    named = any(Path(arg.split("::")[0]).resolve() == collection_path.resolve() for arg in config.args)
+    return None if named else True
+
 
 @dataclass
 class CliResult:
