@@ -19,13 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 # the serve fixture's shutdown) ended the whole session with SIGSEGV, four times on the 2-core AMD
 # EPYC machine; never with the module alone.
 OPENVINO_IN_PROCESS = "test_runtime_openvino.py"
-OPENVINO_HERE = "TL_TEST_OPENVINO_HERE"
 
 
 def pytest_ignore_collect(collection_path, config):
-    """Not even collected here (collecting imports openvino into this process), unless this is the
-    pytest test_openvino_isolated.py starts or the file was named on the command line."""
-    if collection_path.name != OPENVINO_IN_PROCESS or os.environ.get(OPENVINO_HERE) == "1":
+    """Not even collected here (collecting imports openvino into this process), unless the file was
+    named on the command line (as test_openvino_isolated.py's own pytest names it)."""
+    if collection_path.name != OPENVINO_IN_PROCESS:
         return None
     named = any(Path(arg.split("::")[0]).resolve() == collection_path.resolve() for arg in config.args)
     return None if named else True

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import OPENVINO_HERE, OPENVINO_IN_PROCESS, REPO
+from conftest import OPENVINO_IN_PROCESS, REPO
 
 # find_spec, not importorskip: importing openvino here would put it in this pytest process.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino (the openvino extra)")
@@ -17,6 +16,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, re
 
 def test_openvino_module_in_its_own_interpreter():
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/{OPENVINO_IN_PROCESS}"],
-                       cwd=REPO, env={**os.environ, OPENVINO_HERE: "1"}, capture_output=True, text=True, timeout=900)
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert " passed" in p.stdout and "failed" not in p.stdout

@@ -127,7 +127,7 @@ def with_fast_infer(app: FastAPI):
         try:
             response = await infer(hit[1], hit[2], Request(scope, receive))
         except Exception as e:  # noqa: BLE001 - the protocol's error body, as the app's handlers give it
-            response = JSONResponse({"error": str(e)}, status_code=_status(e))
+            response = error_response(e)
         await response(scope, receive, send)
 
     return asgi
@@ -190,10 +190,15 @@ def _status(e: Exception) -> int:
     return next((code for cls, code in STATUS.items() if isinstance(e, cls)), 500)
 
 
+def error_response(e: Exception) -> JSONResponse:
+    """The protocol's error body, with the status STATUS gives ``e`` (500 for a bug)."""
+    return JSONResponse({"error": str(e)}, status_code=_status(e))
+
+
 def _errors(app: FastAPI) -> None:
     """The protocol's error body for our errors, for unknown routes, and for bugs (500, still JSON)."""
     async def ours(request, e):
-        return JSONResponse({"error": str(e)}, status_code=_status(e))
+        return error_response(e)
 
     async def http(request, e: HTTPException):
         return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
