@@ -113,8 +113,8 @@ def test_train_export_and_bench_refuse_a_folder_in_use(small_data, make_checkpoi
         assert not (out / "export.json").exists() and not (out / "bench.json").exists()
     finally:
         holder.send_signal(signal.SIGINT)
-        holder.communicate(timeout=120)
-    assert holder.returncode == 130
+        _, err = holder.communicate(timeout=120)
+    assert holder.returncode == 130, err[-3000:]
     assert not (out / LOCK_NAME).exists()
 
 

@@ -263,6 +263,60 @@ def test_ctrl_c_writes_last_pt_and_exits_cleanly(synth_data, tmp_path):
     assert r.epochs_run == last["epoch"] + 1 and not r.interrupted
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler in this process, whatever pytest was started with."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+class _CtrlCInFinalizer:
+    """Ctrl-C that arrives while the garbage collector runs a finalizer: Python raises the
+    KeyboardInterrupt inside __del__, prints "Exception ignored" and drops it."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs at one of these bytecodes, inside __del__
+            pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_dropped_by_a_finalizer_is_raised_at_the_next_step(python_sigint):
+    from tl.train.interrupts import interrupts_caught, raise_if_interrupted
+
+    _CtrlCInFinalizer()  # without the guard the interrupt is lost: this line returns normally
+    raise_if_interrupted()
+    with interrupts_caught():
+        _CtrlCInFinalizer()
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+        raise_if_interrupted()  # raised once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _CtrlCWhilePickled:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
+        return (dict, ())
+
+
+def test_ctrl_c_during_a_held_checkpoint_write_waits_for_it(python_sigint, tmp_path):
+    """A checkpoint write cut by Ctrl-C leaves torch's zip writer unfinished, and freeing it later
+    aborts the process; held, the write completes and the interrupt comes right after."""
+    from tl.train.checkpoint import save_checkpoint
+    from tl.train.interrupts import interrupts_caught, interrupts_held, raise_if_interrupted
+
+    with interrupts_caught():
+        with interrupts_held():
+            save_checkpoint(tmp_path / "last.pt", {"spec": {}, "state_dict": {}, "extra": _CtrlCWhilePickled()})
+        assert torch.load(tmp_path / "last.pt", weights_only=False)["extra"] == {}
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_cuda_requested_without_gpu(tl_cli, synth_data, tmp_path):
     r = tl_cli("train", synth_data, *TINY, "--device", "cuda", "--out", tmp_path / "run")

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from tl.runtime.errors import TLError
 from tl.runtime.progress import Task
+from tl.train.interrupts import raise_if_interrupted
 from tl.train.options import parse_device
 
 
@@ -57,6 +58,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     for step, (x, y) in enumerate(loader):
+        raise_if_interrupted()
         if step == 0 and on_first_batch is not None:
             on_first_batch(x, y)
         x = x.to(device, non_blocking=True, memory_format=memory_format)
@@ -104,6 +106,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, dtyp
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
     seen = 0
     for x, y in loader:
+        raise_if_interrupted()
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         with _autocast(device, dtype):

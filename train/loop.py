@@ -33,6 +33,7 @@ from tl.train.distributed import (Ranks, is_peer_failure, per_rank_batch, proces
                                   share_from_main, sigterm_raises, signals_held, sum_across_ranks, train_sampler,
                                   val_shard, wrap_model)
 from tl.train.engine import amp_dtype, evaluate, per_class_metrics, train_one_epoch
+from tl.train.interrupts import interrupts_caught, interrupts_held, raise_if_interrupted
 from tl.train.models import build_model, freeze, set_dropout
 from tl.train.options import TrainOptions
 from tl.train.seeding import epoch_seed, rng_state, seed_epoch, seed_everything, set_rng_state
@@ -334,9 +335,11 @@ def _run_epochs(run: _Run, reporter: Reporter) -> tuple[bool, bool]:
     """Epochs until --epochs, --patience or Ctrl-C; returns (stopped_early, interrupted)."""
     o = run.options
     try:
-        with _cudnn_autotune(run.device), _worker_errors_as_one_line(), sigterm_raises(run.ranks):
+        with _cudnn_autotune(run.device), _worker_errors_as_one_line(), sigterm_raises(run.ranks), \
+                interrupts_caught():
             for epoch in range(run.epoch + 1, o.epochs + 1):
                 _one_epoch(run, epoch, reporter)
+                raise_if_interrupted()
                 if o.patience and epoch - run.acc_epoch >= o.patience:
                     reporter.info(f"early stop: val accuracy has not improved for {o.patience} epochs "
                                   f"(last improvement: epoch {run.acc_epoch})")
@@ -361,7 +364,7 @@ def _save_interrupted(run: _Run) -> Path | None:
     """Rank 0 saves where the run stands (weights of the last finished step); None on other ranks."""
     if not run.ranks.is_main:
         return None
-    with signals_held(run.ranks):
+    with signals_held(run.ranks), interrupts_caught(), interrupts_held():  # a second Ctrl-C waits
         path = run.save_last(interrupted=True)
         _write_metrics(run.run_dir / "metrics.jsonl", run.history)
     return path
@@ -393,7 +396,8 @@ def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
         "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
         "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
     }
-    _record_epoch(run, row, confusion)
+    with interrupts_held():  # best.pt, last.pt and the metrics of this epoch are written whole
+        _record_epoch(run, row, confusion)
     reporter.info(
         f"epoch {epoch}/{o.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
         f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
