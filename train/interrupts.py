@@ -6,9 +6,10 @@ checked. Two places make that wrong for a training loop:
 - a finalizer or weakref callback (the garbage collector runs them at any allocation): the
   exception is printed as "Exception ignored in ..." and dropped, and training goes on as if
   Ctrl-C had never been pressed;
-- ``torch.save``: cut short, its zip writer is left unfinished, and when the writer is freed
-  later it writes the end of the archive through the already closed file; that C++ error
-  escapes a destructor and aborts the process (SIGABRT) instead of exiting 130.
+- ``torch.save``: cut short, it often raises RuntimeError ("enforce fail at
+  inline_container.cc ... unexpected pos") instead of KeyboardInterrupt, a traceback and
+  exit 1; or its zip writer is left unfinished, and when the writer is freed later it writes
+  the end of the archive through the closed file, and that C++ error aborts the process.
 
 ``interrupts_caught`` installs a SIGINT handler that remembers the signal as well as raising it;
 the loops call ``raise_if_interrupted`` once per batch, so a dropped KeyboardInterrupt is raised
