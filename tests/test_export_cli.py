@@ -23,7 +23,7 @@ def run_dir(make_checkpoint, synth_data, tmp_path_factory):
     from tl.runtime.images import list_images
     from tl.train.checkpoint import save_checkpoint
 
-    ckpt = torch.load(make_checkpoint("mobilenet_v3_small", image_size=48), weights_only=True)
+    ckpt = torch.load(make_checkpoint(image_size=48), weights_only=True)
     val = list_images(synth_data / "val")
     ckpt["data"] = {
         "root": str(synth_data), "train_dir": str(synth_data / "train"), "val_dir": str(synth_data / "val"),
@@ -81,7 +81,7 @@ def test_onnx_flag_keeps_model_onnx_only_when_asked(tl_cli, run_dir, tmp_path):
 def test_synthetic_parity_images_when_checkpoint_has_no_data(make_checkpoint, tmp_path):
     from tl.export import ExportOptions, export
 
-    res = export(ExportOptions(checkpoint=make_checkpoint("mobilenet_v3_small", image_size=32), out=tmp_path,
+    res = export(ExportOptions(checkpoint=make_checkpoint(image_size=32), out=tmp_path,
                                parity_count=6))
     assert res.image_source == "synthetic" and res.images == 6
     assert [a.file for a in res.artifacts] == ["model.onnx"] and res.report.is_file()
@@ -92,7 +92,7 @@ def test_fp32_mismatch_fails_and_removes_the_artifact(tl_cli, make_checkpoint, t
 
     monkeypatch.setattr(parity, "FP32_MAX_ABS", -1.0)  # every difference (even 0) now exceeds it: the failure path
     out = tmp_path / "exp"
-    r = tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--out", out, "--fp16", "--parity-count", "4")
+    r = tl_cli("export", make_checkpoint(image_size=32), "--out", out, "--fp16", "--parity-count", "4")
     assert_user_error(r, "model.onnx does not match PyTorch", "removed")
     assert not (out / "model.onnx").exists() and not (out / "model.fp16.onnx").exists()
     report = json.loads((out / "export.json").read_text())
@@ -100,18 +100,18 @@ def test_fp32_mismatch_fails_and_removes_the_artifact(tl_cli, make_checkpoint, t
 
 
 def test_interrupted_export_leaves_no_complete_looking_file(tl_cli, make_checkpoint, tmp_path, monkeypatch):
-    import onnx
+    import tl.export.onnx as tl_onnx
+    from tl.runtime.files import atomic_path
 
-    real_save = onnx.save_model
+    def write_half_then_interrupt(path, data):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data[:1000])  # half a file on disk...
+            raise KeyboardInterrupt  # ...then Ctrl-C
 
-    def save_then_interrupt(proto, f, *args, **kwargs):
-        Path(f).write_bytes(proto.SerializeToString()[:1000])  # half a file on disk...
-        raise KeyboardInterrupt  # ...then Ctrl-C
-
-    monkeypatch.setattr(onnx, "save_model", save_then_interrupt)
+    monkeypatch.setattr(tl_onnx, "atomic_write_bytes", write_half_then_interrupt)
     out = tmp_path / "exp"
-    r = tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--out", out, "--parity-count", "2")
-    monkeypatch.setattr(onnx, "save_model", real_save)
+    r = tl_cli("export", make_checkpoint(image_size=32), "--out", out, "--parity-count", "2")
+    monkeypatch.undo()
     assert r.code == 130 and "error: interrupted" in r.err
     assert list(out.iterdir()) == []  # no model.onnx, no temp file, no export.json
 
@@ -136,14 +136,14 @@ def test_folder_without_best_pt(tl_cli, tmp_path):
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_trt_without_tensorrt(tl_cli, make_checkpoint, tmp_path):
-    r = tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--onnx", "--trt", "--out", tmp_path / "o")
+    r = tl_cli("export", make_checkpoint(image_size=32), "--onnx", "--trt", "--out", tmp_path / "o")
     assert_user_error(r, "TensorRT is not installed (pip install 'tl[gpu]')")
     assert "error: TensorRT is not installed (pip install 'tl[gpu]')" in r.err.splitlines()
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_bad_calib_dir(tl_cli, make_checkpoint, tmp_path):
-    ckpt = make_checkpoint("mobilenet_v3_small", image_size=32)
+    ckpt = make_checkpoint(image_size=32)
     assert_user_error(tl_cli("export", ckpt, "--int8", "--calib-dir", tmp_path / "missing", "--out", tmp_path / "o"),
                       "--calib-dir: folder not found")
     (tmp_path / "empty").mkdir()
@@ -153,7 +153,7 @@ def test_bad_calib_dir(tl_cli, make_checkpoint, tmp_path):
 
 
 def test_int8_without_any_calibration_source(tl_cli, make_checkpoint, tmp_path):
-    r = tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--int8", "--out", tmp_path / "o")
+    r = tl_cli("export", make_checkpoint(image_size=32), "--int8", "--out", tmp_path / "o")
     assert_user_error(r, "pass --calib-dir")
 
 
@@ -169,7 +169,7 @@ def test_int8_without_any_calibration_source(tl_cli, make_checkpoint, tmp_path):
     (["--parity-count", "0"], "--parity-count must be at least 1"),
 ])
 def test_bad_options(tl_cli, make_checkpoint, tmp_path, args, fragment):
-    r = tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--out", tmp_path / "o", *args)
+    r = tl_cli("export", make_checkpoint(image_size=32), "--out", tmp_path / "o", *args)
     assert_user_error(r, fragment)
     assert not (tmp_path / "o" / "model.onnx").exists()
 
@@ -177,7 +177,7 @@ def test_bad_options(tl_cli, make_checkpoint, tmp_path, args, fragment):
 def test_out_is_a_file(tl_cli, make_checkpoint, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    assert_user_error(tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--out", f), "is a file")
+    assert_user_error(tl_cli("export", make_checkpoint(image_size=32), "--out", f), "is a file")
 
 
 def test_help_without_importing_torch():

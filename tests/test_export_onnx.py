@@ -17,7 +17,7 @@ def exported(make_checkpoint, tmp_path_factory):
     from tl.export.onnx import export_onnx
     from tl.train.checkpoint import load_model
 
-    model, spec, _ = load_model(make_checkpoint("mobilenet_v3_small", image_size=64))
+    model, spec, _ = load_model(make_checkpoint(image_size=64))
     out = tmp_path_factory.mktemp("onnx")
     fp32 = export_onnx(model, spec, out / "model.onnx", opset=20, max_batch=16)
     fp16 = convert_fp16(fp32, out / "model.fp16.onnx")
@@ -48,6 +48,22 @@ def test_fp32_io_names_dynamic_batch_opset_and_single_file(exported):
     # One self-contained file: no external-data references, nothing else written beside it.
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     assert sorted(p.name for p in fp32.parent.iterdir()) == ["model.fp16.onnx", "model.onnx"]
+
+
+def test_a_model_over_the_single_file_limit_is_refused_and_nothing_is_written(exported, tmp_path, monkeypatch):
+    """Protobuf cannot hold 2 GB in one message; the limit is lowered to this model's size to test it."""
+    import tl.export.onnx as tl_onnx
+    from tl.runtime.errors import TLError
+
+    _, _, fp32, _ = exported
+    proto = onnx.load(str(fp32))
+    monkeypatch.setattr(tl_onnx, "TWO_GB", proto.ByteSize())
+    with pytest.raises(TLError, match=r"model\.onnx: the model is .* above protobuf's 2 GB limit for one file"):
+        tl_onnx.save_model(proto, tmp_path / "model.onnx")
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(tl_onnx, "TWO_GB", proto.ByteSize() + 1)
+    tl_onnx.save_model(proto, tmp_path / "model.onnx")
+    assert (tmp_path / "model.onnx").read_bytes() == proto.SerializeToString()
 
 
 def test_metadata_round_trip(exported):
