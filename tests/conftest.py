@@ -94,12 +94,18 @@ def synth_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("synth") / "data", SynthOptions(classes=4, per_class=24, size=48, seed=0))
 
 
+# The architecture of the tests that export. torch.onnx's dynamo exporter (symbolic batch size)
+# takes ~5 s for resnet18 at 32 px on the 2-core CPU and ~15 s for mobilenet_v3_small, whose many
+# small ops each cost symbolic-shape arithmetic; training tests keep mobilenet_v3_small (fewer weights).
+EXPORT_ARCH = "resnet18"
+
+
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory):
     """Factory: an untrained torchvision model saved in tl's checkpoint format (cached per args)."""
     cache: dict = {}
 
-    def make(arch: str = "mobilenet_v3_small", classes=("circle", "square", "triangle", "cross"),
+    def make(arch: str = EXPORT_ARCH, classes=("circle", "square", "triangle", "cross"),
              image_size: int = 64, resize_mode: str = "squash", seed: int = 0, data: str | None = None) -> Path:
         key = (arch, tuple(classes), image_size, resize_mode, seed, data)
         if key in cache:
@@ -131,7 +137,7 @@ def make_onnx(make_checkpoint, tmp_path_factory):
     """Factory (runtime tests): checkpoint -> FP32 ONNX through tl's exporter, cached; returns (onnx, checkpoint)."""
     cache: dict = {}
 
-    def make(arch: str = "mobilenet_v3_small", image_size: int = 64, resize_mode: str = "squash") -> tuple[Path, Path]:
+    def make(arch: str = EXPORT_ARCH, image_size: int = 64, resize_mode: str = "squash") -> tuple[Path, Path]:
         key = (arch, image_size, resize_mode)
         if key not in cache:
             from tl.export.onnx import export_onnx

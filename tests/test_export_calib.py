@@ -184,7 +184,7 @@ def test_auto_keeps_the_measured_best_and_records_every_candidate(tl_cli, make_c
 
 
 def test_auto_without_validation_images_is_a_user_error(tl_cli, make_checkpoint, synth_data, tmp_path):
-    r = tl_cli("export", make_checkpoint("mobilenet_v3_small", image_size=32), "--out", tmp_path / "o", "--int8",
+    r = tl_cli("export", make_checkpoint(image_size=32), "--out", tmp_path / "o", "--int8",
                "--calib-method", "auto", "--calib-dir", synth_data / "train")
     assert_user_error(r, "--calib-method auto", "--val-dir")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -194,7 +194,7 @@ def test_bad_reduce_range_and_calib_method(tl_cli, make_checkpoint, tmp_path):
     from tl.export.options import ExportOptions
     from tl.runtime.errors import TLError
 
-    ckpt = make_checkpoint("mobilenet_v3_small", image_size=32)
+    ckpt = make_checkpoint(image_size=32)
     assert_user_error(tl_cli("export", ckpt, "--int8", "--reduce-range", "maybe", "--out", tmp_path / "o"),
                       "--reduce-range")
     with pytest.raises(TLError, match="--reduce-range must be one of auto, on, off"):

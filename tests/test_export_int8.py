@@ -81,7 +81,7 @@ def test_entropy_calibration(make_checkpoint, synth_data, tmp_path):
     from tl.export.onnx import export_onnx
     from tl.train.checkpoint import load_model
 
-    model, spec, _ = load_model(make_checkpoint("mobilenet_v3_small", image_size=32))
+    model, spec, _ = load_model(make_checkpoint(image_size=32))
     fp32 = export_onnx(model, spec, tmp_path / "model.onnx")
     files = calibration_images(calib_dir=synth_data / "val", ckpt=None, count=8)
     info = quantize_int8(fp32, tmp_path / "model.int8.onnx", files=files, options=CalibOptions(count=8, method="entropy"))
@@ -182,7 +182,7 @@ def test_corrupt_calibration_image_is_a_user_error(make_checkpoint, tmp_path):
     from tl.runtime.errors import TLError
     from tl.train.checkpoint import load_model
 
-    model, spec, _ = load_model(make_checkpoint("mobilenet_v3_small", image_size=32))
+    model, spec, _ = load_model(make_checkpoint(image_size=32))
     fp32 = export_onnx(model, spec, tmp_path / "model.onnx")
     calib = tmp_path / "calib"
     calib.mkdir()

@@ -157,7 +157,7 @@ def test_fold_int32_bias_dequantize_keeps_outputs(make_checkpoint, synth_data, t
     from tl.export.trt import fold_int32_dequantize
     from tl.train.checkpoint import load_model
 
-    model, spec, _ = load_model(make_checkpoint("mobilenet_v3_small", image_size=32))
+    model, spec, _ = load_model(make_checkpoint(image_size=32))
     export_onnx(model, spec, tmp_path / "model.onnx")
     files = calibration_images(calib_dir=synth_data / "train", ckpt=None, count=8)
     quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", files=files, options=CalibOptions(count=8))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_user_error, run_tl_subprocess
+from conftest import EXPORT_ARCH, assert_user_error, run_tl_subprocess
 from tl.runtime import Classifier
 from tl.runtime.images import list_images
 from tl.runtime.sidecar import BuildRecord, write_sidecar
@@ -153,7 +153,7 @@ def test_info_onnx(tl_cli, onnx_path):
     # child interpreter, so OpenVINO never runs in the pytest process (see conftest OPENVINO_IN_PROCESS).
     r = run_tl_subprocess("info", onnx_path, timeout=120)
     assert r.code == 0, r.err
-    for frag in ("opset", "20", "fp32", "mobilenet_v3_small", "circle, square, triangle, cross",
+    for frag in ("opset", "20", "fp32", EXPORT_ARCH, "circle, square, triangle, cross",
                  "tensor(float)", "onnxruntime", "CPUExecutionProvider", "environment"):
         assert frag in r.out, frag
     j = json.loads(run_tl_subprocess("info", onnx_path, "--format", "json", timeout=120).out)

@@ -101,7 +101,7 @@ def test_train_export_and_bench_refuse_a_folder_in_use(small_data, make_checkpoi
             time.sleep(0.2)
         assert (out / "metrics.jsonl").exists(), holder.communicate(timeout=5)
         before = {p.name for p in out.iterdir()}
-        ckpt = make_checkpoint("mobilenet_v3_small", image_size=32)
+        ckpt = make_checkpoint(image_size=32)
         for args in (["train", small_data[1], *TINY, "--epochs", "1", "--out", out],
                      ["export", ckpt, "--out", out, "--parity-count", "2"],
                      ["bench", ckpt, "--backends", "eager", "--iters", "1", "--warmup", "0", "--out", out]):
@@ -177,8 +177,8 @@ def _export(tl_cli, ckpt, out, *flags):
 
 
 def test_reexport_replaces_the_earlier_export_and_stamps_every_artifact(tl_cli, make_checkpoint, tmp_path):
-    a = make_checkpoint("mobilenet_v3_small", image_size=32, seed=0)
-    b = make_checkpoint("mobilenet_v3_small", image_size=32, seed=1)
+    a = make_checkpoint(image_size=32, seed=0)
+    b = make_checkpoint(image_size=32, seed=1)
     out = tmp_path / "exp"
     report = _export(tl_cli, a, out, "--onnx", "--fp16")
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.fp16.onnx", "model.onnx"]
@@ -198,8 +198,8 @@ def test_interrupted_or_failed_reexport_leaves_the_earlier_export_as_it_was(tl_c
     import tl.export.fp16 as fp16
     import tl.export.parity as parity
 
-    a = make_checkpoint("mobilenet_v3_small", image_size=32, seed=0)
-    b = make_checkpoint("mobilenet_v3_small", image_size=32, seed=1)
+    a = make_checkpoint(image_size=32, seed=0)
+    b = make_checkpoint(image_size=32, seed=1)
     out = tmp_path / "exp"
     _export(tl_cli, a, out, "--onnx", "--fp16")
     before = _snapshot(out)
@@ -248,7 +248,7 @@ def test_engine_stamp_in_the_build_record_and_old_sidecars_still_load(tmp_path):
 def stamped_export(make_checkpoint, tmp_path_factory):
     from tl.export import ExportOptions, export
 
-    a = make_checkpoint("mobilenet_v3_small", image_size=32, seed=0)
+    a = make_checkpoint(image_size=32, seed=0)
     out = tmp_path_factory.mktemp("stamped") / "exp"
     export(ExportOptions(checkpoint=a, out=out, parity_count=2))
     return a, out
@@ -257,7 +257,7 @@ def stamped_export(make_checkpoint, tmp_path_factory):
 def test_bench_refuses_an_export_of_another_checkpoint(stamped_export, make_checkpoint, tmp_path):
     a, export_dir = stamped_export
     # Same architecture, classes and size: the specs agree, only the stamp tells the weights apart.
-    b = make_checkpoint("mobilenet_v3_small", image_size=32, seed=1)
+    b = make_checkpoint(image_size=32, seed=1)
     r = run_tl_subprocess("bench", b, export_dir, "--backends", "eager,ort", "--iters", "1", "--warmup", "0",
                           "--out", tmp_path / "bench", env=ENV)
     assert_user_error(r, f"{export_dir / 'model.onnx'} was exported from another checkpoint",
@@ -266,7 +266,7 @@ def test_bench_refuses_an_export_of_another_checkpoint(stamped_export, make_chec
 
 
 def test_bench_unstamped_artifact_falls_back_to_the_spec_and_arch(stamped_export, make_checkpoint, tmp_path):
-    """An ONNX file from an older tl (no stamp): a resnet18 checkpoint vs a mobilenet export is still caught."""
+    """An ONNX file from an older tl (no stamp): a squeezenet checkpoint vs a resnet18 export is still caught."""
     import onnx
 
     from tl.benchmarks import BenchOptions, run
@@ -281,11 +281,11 @@ def test_bench_unstamped_artifact_falls_back_to_the_spec_and_arch(stamped_export
     old = tmp_path / "model.onnx"
     onnx.save_model(proto, str(old))
     assert CHECKPOINT_KEY not in onnx_metadata(old)
-    resnet = make_checkpoint("resnet18", image_size=32)
-    res = run(BenchOptions(targets=[resnet, old], device="cpu", backends=["ort"], batch_sizes=[1], iters=1,
+    other = make_checkpoint("squeezenet1_1", image_size=32)
+    res = run(BenchOptions(targets=[other, old], device="cpu", backends=["ort"], batch_sizes=[1], iters=1,
                            warmup=0, images=2))
     assert res.rows and all(r.status == "failed" for r in res.rows), res.rows
-    assert "not exported from the benchmarked checkpoint (arch mobilenet_v3_small, checkpoint resnet18)" in res.rows[0].error
+    assert "not exported from the benchmarked checkpoint (arch resnet18, checkpoint squeezenet1_1)" in res.rows[0].error
 
 
 # -- 2. the Classifier validates at its boundary -------------------------------------------------

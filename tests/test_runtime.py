@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import EXPORT_ARCH
 from tl.runtime import Classifier, TLError
 from tl.runtime.backends import entry_for
 from tl.runtime.backends.onnxruntime import CPU_EP, CUDA_EP, TRT_EP, resolve_providers
@@ -52,7 +53,7 @@ def test_load_reports_what_runs(clf, model_files):
     assert clf.precision == "fp32"
     assert clf.max_batch is None  # dynamic batch on CPU: unbounded
     assert clf.path == model_files[0]
-    assert clf.spec.arch == "mobilenet_v3_small" and clf.spec.num_classes == 4
+    assert clf.spec.arch == EXPORT_ARCH and clf.spec.num_classes == 4
     assert clf.device_compute_ms(np.zeros((1, 3, 64, 64), np.float32), 3) is None  # CPU: no device time
     assert "onnxruntime" in repr(clf)
 

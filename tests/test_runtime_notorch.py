@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, run_tl_subprocess
+from conftest import EXPORT_ARCH, REPO, run_tl_subprocess
 
 BLOCKER = textwrap.dedent("""
     import os, sys
@@ -97,7 +97,7 @@ def test_cli_predict_info_without_torch(no_torch_env, onnx_path, synth_data):
     assert len(r.out.strip().splitlines()) == len(list((synth_data / "val").rglob("*.*")))
     r = run_tl_subprocess("info", onnx_path, env=no_torch_env, timeout=120)
     assert r.code == 0, r.err
-    assert "opset" in r.out and "mobilenet_v3_small" in r.out
+    assert "opset" in r.out and EXPORT_ARCH in r.out
     r = run_tl_subprocess("predict", onnx_path / "nope.onnx", synth_data, env=no_torch_env, timeout=120)
     assert r.code == 1 and r.err.startswith("error: ") and "Traceback" not in r.err
 

@@ -192,18 +192,19 @@ class RecordingReporter(Reporter):
 def test_patience_stops_early(tmp_path, capsys):
     from tl.train.synth import SynthOptions, make_dataset
 
-    # VGG has no BatchNorm: with a vanishing lr the val accuracy cannot change, so patience must trigger.
+    # SqueezeNet has no BatchNorm: with a vanishing lr the val accuracy cannot change, so patience must
+    # trigger (the val loss repeats to the last bit too: no epoch after the first counts as best).
     data = make_dataset(tmp_path / "data", SynthOptions(classes=2, per_class=6, size=32, seed=0))
     reporter = RecordingReporter()
     capsys.readouterr()
-    r = fit(_tiny(data, tmp_path / "run", arch="vgg11", lr=1e-12, epochs=6, patience=2, augment="none"),
+    r = fit(_tiny(data, tmp_path / "run", arch="squeezenet1_1", lr=1e-12, epochs=6, patience=2, augment="none"),
             reporter=reporter)
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3
     # The library prints nothing; everything went to the reporter.
     assert capsys.readouterr().out == ""
-    assert reporter.lines[0].startswith("tl train vgg11 (weights: none,") and "2 classes" in reporter.lines[0]
+    assert reporter.lines[0].startswith("tl train squeezenet1_1 (weights: none,") and "2 classes" in reporter.lines[0]
     assert [line.split("  ")[0] for line in reporter.lines[1:4]] == ["epoch 1/6", "epoch 2/6", "epoch 3/6"]
     assert reporter.lines[1].endswith("  best") and not reporter.lines[2].endswith("best")
     assert reporter.lines[4].startswith("early stop: val accuracy has not improved for 2 epochs")

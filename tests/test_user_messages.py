@@ -87,7 +87,7 @@ def test_weights_of_another_architecture_are_named(synth_data, make_checkpoint, 
     assert_user_error(r, "does not match mobilenet_v3_small: it holds resnet18 weights", "--arch resnet18")
     assert len(r.err) < 500, r.err  # no key dump
     # A checkpoint whose spec names another architecture than its weights.
-    ckpt = torch.load(make_checkpoint(image_size=32), weights_only=True)
+    ckpt = torch.load(make_checkpoint("mobilenet_v3_small", image_size=32), weights_only=True)
     ckpt["spec"]["arch"] = "resnet18"
     save_checkpoint(tmp_path / "mixed.pt", ckpt)
     r = run_tl_subprocess("export", tmp_path / "mixed.pt", "--out", tmp_path / "x", timeout=120)
