@@ -277,7 +277,7 @@ class _CtrlCInFinalizer:
     KeyboardInterrupt inside __del__, prints "Exception ignored" and drops it."""
 
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # to this (the main) thread, before it returns
         for _ in range(1000):  # the handler runs at one of these bytecodes, inside __del__
             pass
 
@@ -298,7 +298,7 @@ def test_ctrl_c_dropped_by_a_finalizer_is_raised_at_the_next_step(python_sigint)
 
 class _CtrlCWhilePickled:
     def __reduce__(self):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # to this (the main) thread, before it returns
         for _ in range(1000):
             pass
         return (dict, ())
