@@ -1,7 +1,7 @@
 """DDP through torch's elastic launcher: 2 CPU processes (gloo) on this machine.
 
 Each launch imports torch in three processes, so the assertions share as few launches as
-possible: one finished 2-process run, one run whose rank 1 is killed.
+possible: one finished 2-process run, one run whose rank 1 is killed, one stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error, run_tl_subprocess
+from conftest import REPO, assert_user_error, run_tl_subprocess, sigint_default
 from tl.runtime.progress import SILENT
 from tl.train import TrainOptions, fit
 from tl.train.checkpoint import load_model
@@ -160,6 +160,36 @@ def test_killed_rank_ends_the_other_and_its_last_pt_resumes_in_one_process(ddp_d
     # A 2-process last.pt continues in one process.
     r = fit(TrainOptions.for_resume(out / "last.pt", epochs=last["epoch"] + 1, progress=False))
     assert r.epochs_run == last["epoch"] + 1 and not r.interrupted
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_every_rank_with_one_line_and_a_last_pt(ddp_data, tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the launcher and both ranks (one process group)."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TL_DEBUG"}
+    p = subprocess.Popen([sys.executable, "-m", "tl", "train", str(ddp_data), *_cli_args(epochs=1000),
+                          "--nproc-per-node", "2", "--out", str(out)], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=sigint_default)
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate(timeout=60)
+        time.sleep(0.5)  # somewhere in epoch 2 or later
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)  # no rank hangs
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and "error: " not in stderr, stderr
+    lines = [line for line in stdout.splitlines() if line.startswith("interrupted: saved")]
+    assert len(lines) == 1 and str(out / "last.pt") in lines[0] and "--resume" in lines[0], stdout
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["interrupted"] is True and last["epoch"] >= 1
+    with pytest.raises(ProcessLookupError):  # no rank outlives the launcher
+        os.killpg(p.pid, 0)
 
 
 def test_bad_launch_input(tl_cli, ddp_data, tmp_path, monkeypatch):
