@@ -272,14 +272,19 @@ def python_sigint():
     signal.signal(signal.SIGINT, old)
 
 
+def _ctrl_c_here() -> None:
+    """SIGINT whose Python handler runs inside the calling function."""
+    signal.raise_signal(signal.SIGINT)  # to this (the main) thread, before it returns
+    for _ in range(1000):  # the handler runs at one of these bytecodes, still in this frame
+        pass
+
+
 class _CtrlCInFinalizer:
     """Ctrl-C that arrives while the garbage collector runs a finalizer: Python raises the
     KeyboardInterrupt inside __del__, prints "Exception ignored" and drops it."""
 
     def __del__(self):
-        signal.raise_signal(signal.SIGINT)  # to this (the main) thread, before it returns
-        for _ in range(1000):  # the handler runs at one of these bytecodes, inside __del__
-            pass
+        _ctrl_c_here()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -298,9 +303,7 @@ def test_ctrl_c_dropped_by_a_finalizer_is_raised_at_the_next_step(python_sigint)
 
 class _CtrlCWhilePickled:
     def __reduce__(self):
-        signal.raise_signal(signal.SIGINT)  # to this (the main) thread, before it returns
-        for _ in range(1000):
-            pass
+        _ctrl_c_here()
         return (dict, ())
 
 
