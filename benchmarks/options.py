@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, require
 
 TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
 ARTIFACT_BACKENDS = ("ort", "trt", "openvino")
@@ -63,12 +63,24 @@ class BenchOptions:
             (self.images >= 1, f"--images must be at least 1 (got {self.images})"),
             (0.0 <= self.min_agreement <= 1.0, f"--min-agreement must be between 0 and 1, e.g. 0.99 (got {self.min_agreement})"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise TLError(message)
+        require(*checks)
         self.timing()  # warm-up, iters and seconds are checked where TimingOptions defines them
 
     def timing(self):
         from tl.benchmarks.timing import TimingOptions
 
         return TimingOptions(warmup=self.warmup, seconds=self.seconds, iters=self.iters)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What `tl bench serve` measures: `tl serve` at each concurrency against the same model in-process."""
+
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    seconds: float = 6.0  # per concurrency level and per in-process batch size, split over the rounds
+    rounds: int = 3  # served levels and in-process batches alternate, so drifting background load hits both
+    max_batch: int | None = None  # passed to `tl serve --max-batch`
+    max_delay_ms: float = 0.0  # tl serve's default
+    backend: str = "auto"
+    providers: str | None = None
+    threads: int | None = None

@@ -1,6 +1,6 @@
 """The serving load generator: `tl serve` under tritonclient load vs the in-process Classifier.
 
-    python -m tl.benchmarks.serve_load exports/x/model.onnx --out bench/serve
+    tl bench serve exports/x/model.onnx --out bench/serve
 
 Starts `tl serve` on a free port, sends single-image binary requests from 1, 8 and 32
 virtual users (greenlets sharing one tritonclient connection pool), and times the same model,
@@ -22,22 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
+from tl.benchmarks.options import LoadOptions
 from tl.runtime.errors import TLError
-
-
-@dataclass
-class LoadOptions:
-    concurrency: tuple[int, ...] = (1, 8, 32)
-    seconds: float = 6.0  # per concurrency level and per in-process batch size, split over the rounds
-    rounds: int = 3  # served levels and in-process batches alternate, so drifting background load hits both
-    max_batch: int | None = None  # passed to `tl serve --max-batch`
-    max_delay_ms: float = 0.0  # tl serve's default
-    backend: str = "auto"
-    providers: str | None = None
-    threads: int | None = None
 
 
 class ServeProcess:
@@ -295,37 +283,3 @@ def markdown(result: dict) -> str:
               f"- throughput at concurrency {s['ratio_concurrency']} vs in-process batch {s['ratio_batch']}: "
               f"{100 * s['throughput_ratio']:.0f}%", ""]
     return "\n".join(lines)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for serve_load.json and .md.")
-@click.option("--concurrency", default="1,8,32", show_default=True, help="Client counts, comma-separated.")
-@click.option("--seconds", default=LoadOptions.seconds, show_default=True, type=click.FloatRange(min=0.1),
-              help="Per level in total, split over the rounds.")
-@click.option("--rounds", default=LoadOptions.rounds, show_default=True, type=click.IntRange(min=1),
-              help="Served levels and in-process batches alternate this many times.")
-@click.option("--max-batch", default=None, type=click.IntRange(min=1))
-@click.option("--max-delay-ms", default=LoadOptions.max_delay_ms, show_default=True, type=click.FloatRange(min=0))
-@click.option("--backend", default=LoadOptions.backend, show_default=True)
-@click.option("--providers", default=None)
-@click.option("--threads", default=None, type=click.IntRange(min=1))
-def main(model, out, concurrency, **kwargs):
-    """Load `tl serve` with tritonclient at each concurrency and compare with in-process inference."""
-    try:
-        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
-    except ValueError:
-        raise TLError(f"--concurrency must be comma-separated integers like 1,8,32 (got {concurrency!r})") from None
-    result = run_serve_load(model, LoadOptions(concurrency=levels, **kwargs), out)
-    click.echo(markdown(result))
-
-
-if __name__ == "__main__":
-    try:
-        main(standalone_mode=False)
-    except TLError as e:  # a user mistake: one line, as `tl` does
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, require
 
 CALIB_METHODS = ("minmax", "entropy", "percentile", "auto")
 REDUCE_RANGE = ("auto", "on", "off")  # 7-bit INT8 weights; auto: where ORT's INT8 can saturate (tl.runtime.cpuflags)
@@ -71,9 +71,7 @@ class ExportOptions:
             (self.val_dir is None or Path(self.val_dir).is_dir(), f"--val-dir: folder not found: {self.val_dir}"),
             (self.triton_name is None or self.triton is not None, "--triton-name needs --triton REPO"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise TLError(message)
+        require(*checks)
         if self.trt:
             if self.min_batch < 1:
                 raise TLError(f"--min-batch must be at least 1 (got {self.min_batch})")

@@ -7,3 +7,14 @@ else is a bug and keeps its traceback.
 
 class TLError(Exception):
     """A problem the user can fix; the message says how."""
+
+
+def require(*rules: tuple[bool, str]) -> None:
+    """Raise the message of the first ``(ok, message)`` rule that fails, as a TLError.
+
+    Options dataclasses check their fields in ``__post_init__`` with it, so a bad value is
+    refused when the options are built, before any folder is created or model loaded.
+    """
+    for ok, message in rules:
+        if not ok:
+            raise TLError(message)

@@ -251,7 +251,7 @@ def test_bench_help_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, tl.benchmarks.cli; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
+    code = "import sys, tl.commands.bench; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

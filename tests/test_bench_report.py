@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tl.benchmarks import ROW_FIELDS, BenchResult, BenchRow
-from tl.benchmarks.cli import TABLE_WIDTH, bench_table
+from tl.commands.bench import TABLE_WIDTH, bench_table
 from tl.benchmarks.report import REQUIRED_FIELDS, bench_environment, write_all
 
 ENV_KEYS = {"cpu", "cpu_cores", "cpu_threads", "gpu", "gpu_driver", "python", "torch", "onnxruntime", "tensorrt"}

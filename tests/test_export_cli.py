@@ -184,7 +184,7 @@ def test_help_without_importing_torch():
     assert r.code == 0 and "--calib-method" in r.out and "--opt-level" in r.out
     import subprocess
 
-    code = "import sys, tl.export.cli; sys.exit(1 if 'torch' in sys.modules or 'onnx' in sys.modules else 0)"
+    code = "import sys, tl.commands.export; sys.exit(1 if 'torch' in sys.modules or 'onnx' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

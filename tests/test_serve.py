@@ -418,7 +418,7 @@ sys.meta_path.insert(0, _Block())
 
 
 def test_serve_load_report(model_file, tmp_path):
-    """The load generator (benchmarks/serve_load.py), run as its CLI in a child interpreter (its report
+    """The load generator (`tl bench serve`), run as its CLI in a child interpreter (its report
     records the environment, which starts OpenVINO where installed): a real server at two
     concurrencies, the same model in-process, and the report it writes (figures are measured, so
     only their form is checked)."""
@@ -426,7 +426,7 @@ def test_serve_load_report(model_file, tmp_path):
     import sys
 
     out = tmp_path / "load"
-    p = subprocess.run([sys.executable, "-m", "tl.benchmarks.serve_load", str(model_file), "--concurrency", "1,4",
+    p = subprocess.run([sys.executable, "-m", "tl", "bench", "serve", str(model_file), "--concurrency", "1,4",
                         "--seconds", "0.6", "--rounds", "2", "--providers", "cpu", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -442,3 +442,10 @@ def test_serve_load_report(model_file, tmp_path):
     md = (out / "serve_load.md").read_text()
     assert "serving overhead at concurrency 1" in md and "| tl serve | c=4 |" in md and md.strip() in p.stdout
     assert (out / "serve_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_serve_load_user_errors(tl_cli, model_file, tmp_path):
+    """`tl bench serve` goes through tl's one error boundary: one `error:` line, exit 1 or 2."""
+    assert_user_error(tl_cli("bench", "serve", model_file, "--concurrency", "1,many"), "--concurrency")
+    assert_user_error(tl_cli("bench", "serve", tmp_path / "missing.onnx"), "model not found")
+    assert_user_error(tl_cli("bench", "serve", model_file, "--rounds", "0"), "--rounds")

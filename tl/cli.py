@@ -1,8 +1,9 @@
 """The `tl` command: a thin click layer over the library.
 
-Commands live in their subpackages (`tl.train.cli`, `tl.export.cli`, ...) and are
-imported only when run or listed, so `tl --help` and `tl predict` work without torch.
-Those modules import only click at top level; heavy imports happen inside commands.
+This module, ``tl.console`` and ``tl.commands`` are the command layer: the only code that
+imports click or rich, and nothing in the library imports them. Each command module is
+imported only when run or listed, so `tl --help` and `tl predict` work without torch; they
+import only click and torch-free options at top level, heavy imports happen inside commands.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import click
 
 # name -> "module:attribute"; order is the order of `tl --help`.
 COMMANDS = {
-    "data": "tl.train.cli:data",
-    "train": "tl.train.cli:train",
-    "export": "tl.export.cli:export",
-    "predict": "tl.runtime.cli:predict",
-    "info": "tl.runtime.cli:info",
-    "serve": "tl.runtime.serve.cli:serve",
-    "bench": "tl.benchmarks.cli:bench",
-    "demo": "tl.demo:demo",
+    "data": "tl.commands.data:data",
+    "train": "tl.commands.train:train",
+    "export": "tl.commands.export:export",
+    "predict": "tl.commands.predict:predict",
+    "info": "tl.commands.predict:info",
+    "serve": "tl.commands.serve:serve",
+    "bench": "tl.commands.bench:bench",
+    "demo": "tl.commands.demo:demo",
 }
 
 

@@ -1,6 +1,6 @@
 """tl.train: datasets, transforms, model building, the training loop, checkpoints.
 
-Exports are lazy so that `tl --help` (which imports tl.train.cli) never imports torch.
+Exports are lazy so that `tl --help` (which imports tl.train.options) never imports torch.
 """
 
 __all__ = ["fit", "TrainOptions", "TrainResult"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, require
 from tl.runtime.spec import INTERPOLATIONS, RESIZE_MODES
 
 ARCHS = (
@@ -32,8 +32,36 @@ FREEZE = ("none", "features")
 # what exhausts memory: one 100000 px image is 30 GB of RGB, killed by the OOM killer silently.
 MAX_IMAGE_SIZE = 4096
 
+# Bounds a real dataset never reaches; beyond them a typo ends in a full disk instead of a message.
+MAX_PER_CLASS = 100_000
+
+SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "hexagon", "bar", "crescent", "diamond")
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """What `tl data synth` writes; each bound checked when built, before any folder is made."""
+
+    classes: int = 4
+    per_class: int = 60
+    size: int = 64
+    seed: int = 0
+    val_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        """Checked when built, so the CLI refuses before it creates any folder."""
+        checks = (
+            (2 <= self.classes <= len(SHAPES), f"--classes must be between 2 and {len(SHAPES)} (got {self.classes})"),
+            (2 <= self.per_class <= MAX_PER_CLASS,
+             f"--per-class must be between 2 and {MAX_PER_CLASS} (got {self.per_class})"),
+            (16 <= self.size <= MAX_IMAGE_SIZE, f"--size must be between 16 and {MAX_IMAGE_SIZE} pixels (got {self.size})"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
+        )
+        require(*checks)
+
+
 __all__ = ["ARCHS", "AUGMENTS", "FREEZE", "INTERPOLATIONS", "OPTIMIZERS", "RESIZE_MODES", "SCHEDULERS",
-           "TrainOptions", "parse_device"]
+           "SynthOptions", "TrainOptions", "parse_device"]
 
 
 def parse_device(name: str) -> tuple[str, int | None]:
@@ -118,9 +146,7 @@ class TrainOptions:
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout})"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise TLError(message)
+        require(*checks)
 
     def to_args(self) -> dict[str, Any]:
         """Plain values for the checkpoint's "args"."""

@@ -7,44 +7,15 @@ cluttered background; files are a mix of JPEG and PNG. Same arguments, same byte
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_path
+from tl.train.options import SHAPES, SynthOptions
 
-# Bounds a real dataset never reaches; beyond them a typo (--size 100000: 30 GB per image)
-# ends in the OOM killer or a full disk instead of a message.
-MAX_SIZE = 4096
-MAX_PER_CLASS = 100_000
-
-SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "hexagon", "bar", "crescent", "diamond")
-
-
-@dataclass(frozen=True)
-class SynthOptions:
-    classes: int = 4
-    per_class: int = 60
-    size: int = 64
-    seed: int = 0
-    val_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        """Checked when built, so the CLI refuses before it creates any folder."""
-        checks = (
-            (2 <= self.classes <= len(SHAPES), f"--classes must be between 2 and {len(SHAPES)} (got {self.classes})"),
-            (2 <= self.per_class <= MAX_PER_CLASS,
-             f"--per-class must be between 2 and {MAX_PER_CLASS} (got {self.per_class})"),
-            (16 <= self.size <= MAX_SIZE, f"--size must be between 16 and {MAX_SIZE} pixels (got {self.size})"),
-            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise TLError(message)
-
+__all__ = ["SHAPES", "SynthOptions", "draw_shape", "make_dataset"]
 
 def _polygon(cx, cy, r, n, rot, inner=None):
     pts = []

@@ -1,4 +1,4 @@
-"""`tl bench`: thin click layer over tl.benchmarks.run (click only at import time).
+"""`tl bench` and `tl bench serve`: thin click layers over tl.benchmarks.run and the serving load generator.
 
 Defaults and choices come from ``tl.benchmarks.options``; the terminal table is rendered
 here and fits 100 columns (bench.json/csv/md keep every column).
@@ -6,10 +6,13 @@ here and fits 100 columns (bench.json/csv/md keep every column).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions
+from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions, LoadOptions
 from tl.cli import field_option
+from tl.runtime.backends.registry import BACKEND_CHOICES
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -22,7 +25,21 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _BenchCommand(click.Command):
+    """`tl bench TARGETS...`, and `tl bench serve MODEL` for the serving load generator.
+
+    A plain command rather than a group, so that targets stay positional as before; a first
+    argument ``serve`` hands the rest of the line to :data:`serve_load` (a folder named
+    serve is given as ./serve).
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if args and args[0] == "serve":
+            return serve_load.make_context(f"{info_name} serve", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@click.command(cls=_BenchCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=str))
 @field_option(BenchOptions, "device", type=click.Choice(DEVICES),
               help="Where PyTorch and ONNX Runtime run (auto: cuda if torch sees a GPU).")
@@ -52,6 +69,7 @@ def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_di
     \b
       tl bench runs/x exports/x --batch-sizes 1,8
       tl bench runs/x --backends eager,compile --device cuda --iters 50
+      tl bench serve exports/x/model.onnx   # tl serve under load (see tl bench serve --help)
     """
     import time
     from pathlib import Path
@@ -118,3 +136,30 @@ def bench_table(result):
         table.add_row(r.backend, r.precision, provider(r), str(r.batch), fmt(r.p50_ms), fmt(r.p99_ms),
                       fmt(r.throughput, 1), speedup, pct(r.agreement), escape(status(r, short=True)), style=style)
     return table
+
+
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for serve_load.json, .md and .png.")
+@click.option("--concurrency", default=",".join(map(str, LoadOptions.concurrency)), show_default=True,
+              help="Client counts, comma-separated.")
+@field_option(LoadOptions, "seconds", type=click.FloatRange(min=0.1), help="Per level in total, split over the rounds.")
+@field_option(LoadOptions, "rounds", type=click.IntRange(min=1),
+              help="Served levels and in-process batches alternate this many times.")
+@field_option(LoadOptions, "max_batch", type=click.IntRange(min=1), help="tl serve --max-batch.")
+@field_option(LoadOptions, "max_delay_ms", type=click.FloatRange(min=0), help="tl serve --max-delay-ms.")
+@field_option(LoadOptions, "backend", type=click.Choice(BACKEND_CHOICES), help="Backend of the server and in-process.")
+@field_option(LoadOptions, "providers", help="ONNX Runtime providers, e.g. cpu.")
+@field_option(LoadOptions, "threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads.")
+def serve_load(model, out, concurrency, **kwargs):
+    """Load `tl serve` with tritonclient at each concurrency and compare with in-process inference.
+
+    \b
+      tl bench serve exports/x/model.onnx --out bench/serve   # serve_load.json, .md, .png
+    Needs the serve and dev extras (the server, tritonclient and gevent as the client).
+    """
+    from tl.benchmarks.serve_load import markdown, run_serve_load
+
+    levels = tuple(_int_list(concurrency, "--concurrency"))
+    result = run_serve_load(model, LoadOptions(concurrency=levels, **kwargs), out)
+    click.echo(markdown(result))

@@ -1,52 +1,30 @@
-"""`tl data synth` and `tl train`: thin click layers over tl.train.synth and tl.train.fit.
+"""`tl train`: a thin click layer over tl.train.fit, and the summary table it prints.
 
 Top level imports only click and tl.train.options (torch-free), so `tl --help` never
-imports torch; `tl train`'s defaults and choices come from TrainOptions and its constants.
+imports torch; the defaults and choices come from TrainOptions and its constants.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from tl.cli import field_option
 from tl.runtime.errors import TLError
-
 from tl.train.options import (ARCHS, AUGMENTS, FREEZE, INTERPOLATIONS, OPTIMIZERS, RESIZE_MODES, SCHEDULERS,
                               TrainOptions)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tl.train.loop import TrainResult
 
 
 def _option(name: str, help: str | None = None, **kwargs):
     return field_option(TrainOptions, name, help=help, **kwargs)
-
-
-@click.group()
-def data():
-    """Make datasets."""
-
-
-@data.command()
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--classes", default=4, show_default=True, help="Number of shape classes (2-10).")
-@click.option("--per-class", default=60, show_default=True, help="Images per class (train + val).")
-@click.option("--size", default=64, show_default=True, help="Image side in pixels.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
-@click.option("--val-fraction", default=0.25, show_default=True, help="Share of each class written to val/.")
-def synth(out, classes, per_class, size, seed, val_fraction):
-    """Write a learnable synthetic ImageFolder tree: OUT/train/<class>/, OUT/val/<class>/."""
-    from pathlib import Path
-
-    from tl.runtime.files import ensure_output_dir
-    from tl.train.synth import SynthOptions, make_dataset
-
-    options = SynthOptions(classes=classes, per_class=per_class, size=size, seed=seed, val_fraction=val_fraction)
-    out_path = Path(out)
-    if out_path.exists() and any(out_path.iterdir()):
-        raise TLError(f"{out_path} exists and is not empty; pick a new folder")
-    make_dataset(ensure_output_dir(out_path, option="OUT"), options)
-    n_files = sum(1 for p in out_path.rglob("*") if p.is_file())
-    click.echo(f"wrote {n_files} images ({classes} classes) to {out_path}/train and {out_path}/val")
 
 
 @click.command()
@@ -115,7 +93,6 @@ def _run_main(options: TrainOptions) -> None:
     """One process, or DDP rank 0: progress, messages and the summary."""
     from tl.console import RichReporter, stdout_console
     from tl.train.loop import fit
-    from tl.train.report import print_summary
 
     console = stdout_console()
     with RichReporter(console=console, progress=options.progress) as reporter:
@@ -166,3 +143,36 @@ def _train_options(ctx: click.Context, data_dir, resume, *, progress: bool, give
     if data_dir is not None:
         changed["data"] = data_dir
     return TrainOptions.for_resume(resume, progress=progress, **changed)
+
+
+def render_summary(result: "TrainResult") -> "Table":
+    """The best epoch's accuracy and per-class precision/recall."""
+    from rich.table import Table
+
+    from tl.console import shown
+
+    # Wide enough for its title, which would otherwise wrap over the four narrow columns.
+    table = Table(title=f"best epoch {result.best_epoch}: val accuracy {result.best_val_acc:.3f}, "
+                        f"loss {result.best_val_loss:.4f}", title_justify="left", min_width=48)
+    table.add_column("class")
+    table.add_column("precision", justify="right")
+    table.add_column("recall", justify="right")
+    table.add_column("images", justify="right")
+    for row in result.per_class:
+        table.add_row(shown(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", str(row["support"]))
+    return table
+
+
+def print_summary(result: "TrainResult", *, console: "Console") -> None:
+    """The table, then skipped images, an early stop, and the run folder."""
+    from tl.console import print_table
+
+    print_table(render_summary(result), console)
+    if result.skipped:
+        shown = ", ".join(result.skipped[:5]) + (" ..." if len(result.skipped) > 5 else "")
+        console.print(f"skipped {len(result.skipped)} bad image(s): {shown}", soft_wrap=True, highlight=False,
+                      markup=False)
+    if result.stopped_early:
+        console.print(f"stopped early after epoch {result.epochs_run} (--patience)")
+    console.print(f"run folder: {result.run_dir}  (best.pt, last.pt, metrics.jsonl, history.png, "
+                  f"confusion.png, batch.png, spec.json)", soft_wrap=True, highlight=False, markup=False)

@@ -1,6 +1,7 @@
 """`tl export`: click only at top level; torch/onnx load inside the command.
 
-Defaults and choices come from ``tl.export.options``; the parity table is rendered here.
+Defaults and choices come from ``tl.export.options``; the parity table and the calibration
+line are rendered here (the demo prints them too).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import click
 
 from tl.cli import field_option
-
 from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, REDUCE_RANGE, ExportOptions
 
 

@@ -73,7 +73,7 @@ def step_train(ctx: DemoContext) -> None:
 
     from tl.console import RichReporter
     from tl.train import TrainOptions, fit
-    from tl.train.report import print_summary
+    from tl.commands.train import print_summary
 
     if ctx.run_dir.exists():
         shutil.rmtree(ctx.run_dir)
@@ -93,7 +93,7 @@ def step_export(ctx: DemoContext) -> None:
 
     from tl.console import RichReporter
     from tl.export import ExportOptions, export
-    from tl.export.cli import parity_table
+    from tl.commands.export import parity_table
     from tl.runtime.gpu import tensorrt_usable
 
     if ctx.export_dir.exists():
@@ -140,7 +140,7 @@ def step_predict(ctx: DemoContext) -> None:
 def step_bench(ctx: DemoContext) -> None:
     """Eager PyTorch FP32 vs each artifact at batch 1 and 8 on this machine."""
     from tl.benchmarks import BenchOptions, run
-    from tl.benchmarks.cli import bench_table
+    from tl.commands.bench import bench_table
     from tl.console import RichReporter
 
     with RichReporter(console=ctx.console) as reporter:
