@@ -11,7 +11,6 @@ last batch size is timed (interleaving needs them all at once).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +20,7 @@ import numpy as np
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
 from tl.benchmarks.recommend import Recommendation, recommend
 from tl.benchmarks.targets import Targets, bench_images, check_provenance, resolve_targets, spec_of_targets
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, debug_enabled
 from tl.runtime.files import ensure_output_dir
 from tl.runtime.progress import SILENT, Reporter
 
@@ -412,7 +411,7 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
         if model is not None and not any(r.backend == "eager" for r in runners):
             reference = _reference_top1(model, device, x, shape=x.shape[1:])
         bench = _Bench(options=o, device=device, images=x, labels=labels, reference=reference, reporter=reporter,
-                       debug=os.environ.get("TL_DEBUG", "") not in ("", "0"))
+                       debug=debug_enabled())
         rows: list[BenchRow] = []
         with reporter.task("bench", total=len(runners) * len(o.batch_sizes)) as task:
             for runner, runner_rows in zip(runners, _measure_all(bench, runners, task)):

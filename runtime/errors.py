@@ -5,6 +5,16 @@ else is a bug and keeps its traceback.
 """
 
 
+import os
+
+DEBUG_ENV = "TL_DEBUG"  # set (not "0"): tracebacks instead of one error line, libraries' own logs
+
+
+def debug_enabled() -> bool:
+    """Whether ``TL_DEBUG`` asks for tracebacks and the libraries' own log lines."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 class TLError(Exception):
     """A problem the user can fix; the message says how."""
 

@@ -9,7 +9,6 @@ import only click and torch-free options at top level, heavy imports happen insi
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
@@ -88,9 +87,9 @@ def cli():
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one `error:` line and a non-zero exit."""
-    from tl.runtime.errors import TLError
+    from tl.runtime.errors import TLError, debug_enabled
 
-    debug = os.environ.get("TL_DEBUG", "") not in ("", "0")
+    debug = debug_enabled()
     try:
         # obj: the command line as given, for a command that starts itself again (tl train --nproc-per-node)
         cli.main(args=argv, prog_name="tl", standalone_mode=False,

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, debug_enabled
 from tl.train.engine import resolve_device
 from tl.train.options import parse_device
 
@@ -252,7 +252,7 @@ def _launcher_env(nproc: int, reported: Path):
     loggers = [logging.getLogger(name) for name in logging.root.manager.loggerDict
                if name.startswith("torch.distributed")]
     levels = [logger.level for logger in loggers]
-    if os.environ.get("TL_DEBUG", "") in ("", "0"):
+    if not debug_enabled():
         for logger in loggers:
             logger.setLevel(logging.CRITICAL)
     os.environ.update(env)
