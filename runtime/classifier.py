@@ -19,10 +19,11 @@ import numpy as np
 
 from tl.runtime import images
 from tl.runtime.backends import Backend, entry_for, load_backend
+from tl.runtime.backends.registry import DEFAULT_BATCH_SIZE
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
-DEFAULT_BATCH_SIZE = 16
+__all__ = ["DEFAULT_BATCH_SIZE", "Classifier", "Prediction", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,17 @@ class Classifier:
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", providers=None, device: int = 0,
              spec: ModelSpec | str | os.PathLike | None = None, *, intra_op_threads: int | None = None,
-             cache_dir: str | os.PathLike | None = None, precision: str | None = None,
-             hint: str | None = None) -> "Classifier":
+             cache_dir: str | os.PathLike | None = None, inference_precision: str | None = None,
+             hint: str | None = None, precision: str | None = None) -> "Classifier":
         """``path``: .onnx (ONNX Runtime, or OpenVINO with backend="openvino") or .plan/.engine
         (TensorRT + its .json sidecar).
 
         spec: a ModelSpec or spec.json for files that carry none (an ONNX from elsewhere).
         providers: ONNX Runtime only; None/"auto" = TensorRT EP -> CUDA -> CPU, or e.g. "cpu".
-        precision, hint: OpenVINO only; inference precision f32 (default) | bf16 | f16 | default
-        (OpenVINO's choice: bf16 on AMX CPUs), and the latency (default) | throughput hint.
+        inference_precision, hint: OpenVINO only; what it computes an FP32 model in, f32 (default) |
+        bf16 | f16 | default (OpenVINO's choice: bf16 on AMX CPUs), and the latency (default) |
+        throughput hint. ``precision`` is the older spelling of ``inference_precision``; the
+        loaded Classifier's ``precision`` is what really runs (fp32, fp16, int8, bf16).
         """
         path = Path(path)
         if path.is_dir():
@@ -78,7 +81,9 @@ class Classifier:
             options["intra_op_threads"] = intra_op_threads
         if cache_dir is not None:
             options["cache_dir"] = cache_dir
-        options.update(_openvino_options(path, backend, precision=precision, hint=hint))
+        if precision is not None and inference_precision is None:
+            inference_precision = precision
+        options.update(_openvino_options(path, backend, inference_precision=inference_precision, hint=hint))
         return cls(load_backend(path, backend=backend, **options))
 
     # -- what was loaded ---------------------------------------------------------------
@@ -190,7 +195,7 @@ class Classifier:
 
 
 def _openvino_options(path: Path, backend: str, **given) -> dict:
-    """precision= and hint= for the openvino backend; an error for any other, rather than ignored."""
+    """inference_precision= and hint= for the openvino backend; an error for any other, rather than ignored."""
     given = {k: v for k, v in given.items() if v is not None}
     if given and entry_for(path, backend).name != "openvino":
         raise TLError(f"{' and '.join(f'{k}=' for k in given)} apply to the openvino backend only "

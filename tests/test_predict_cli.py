@@ -83,6 +83,25 @@ def test_corrupt_image_among_good_ones(tl_cli, onnx_path, photos):
     assert "broken.jpg" in r.err and "warning" in r.err
 
 
+def test_predict_files_is_the_library_behind_the_command(onnx_path, photos):
+    """The same classification without the CLI: unreadable images are listed, the others classified, and
+    bad options are refused when the options are built."""
+    from tl.runtime.errors import TLError
+    from tl.runtime.predict import PredictOptions, predict_files
+
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    result = predict_files(PredictOptions(model=onnx_path, paths=[photos], top_k=2, batch_size=2, providers="cpu"))
+    assert [f.name for f, _ in result.failures] == ["broken.jpg"]
+    assert len(result.predictions) == 5 and all(len(p.top_k) == 2 for p in result.predictions)
+    direct = {p.source: p.label for p in Classifier.load(onnx_path, providers="cpu").predict(
+        [Path(p.source) for p in result.predictions])}
+    assert {p.source: p.label for p in result.predictions} == direct
+    assert result.backend == "onnxruntime" and result.providers == ["CPUExecutionProvider"]
+    for bad in ({"top_k": 0}, {"batch_size": 0}, {"threads": 0}):
+        with pytest.raises(TLError, match="at least 1"):
+            PredictOptions(model=onnx_path, paths=[photos], **bad)
+
+
 def test_spec_option_for_foreign_onnx(tl_cli, onnx_path, photos, tmp_path):
     import onnx
 

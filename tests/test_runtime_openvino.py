@@ -63,8 +63,8 @@ def test_what_runs_is_read_back_not_assumed(model_files):
     the precision reported is the compiled model's, and the plugin's default says which case this is."""
     from tl.runtime.backends.openvino import default_inference_precision, runs_as
 
-    default = Classifier.load(model_files[0], backend="ov", precision="default")
-    asked = Classifier.load(model_files[0], backend="ov", precision="bf16")
+    default = Classifier.load(model_files[0], backend="ov", inference_precision="default")
+    asked = Classifier.load(model_files[0], backend="ov", precision="bf16")  # the older keyword still works
     here = default_inference_precision()
     assert default.backend.compiled_precision == here
     assert default.precision == runs_as("fp32", here) == ("bf16" if here == "bf16" else "fp32")
@@ -101,14 +101,18 @@ def test_options_and_file_kinds_are_checked(model_files, tmp_path):
 
 
 def test_cli_predict_and_info_with_openvino(tl_cli, model_files, synth_data, tmp_path):
-    r = tl_cli("predict", model_files[0], synth_data / "val", "--backend", "openvino", "--precision", "f32",
+    r = tl_cli("predict", model_files[0], synth_data / "val", "--backend", "openvino", "--inference-precision", "f32",
                "--format", "json", "--threads", "2")
     assert r.code == 0, r.err
     assert "(openvino, fp32, OpenVINO" in r.err
+    old = tl_cli("predict", model_files[0], synth_data / "val", "--backend", "openvino", "--precision", "f32",
+                 "--format", "json", "--threads", "2")  # the older spelling, kept for scripts
+    assert old.code == 0 and old.out == r.out, old.err
     r = tl_cli("info", model_files[0])
     assert r.code == 0 and "--backend openvino" in r.out and "openvino" in r.out
     assert_user_error(tl_cli("predict", model_files[0], synth_data / "val", "--backend", "tflite"), "--backend", "tflite")
-    assert_user_error(tl_cli("predict", model_files[0], synth_data / "val", "--precision", "bf16"), "openvino backend only")
+    assert_user_error(tl_cli("predict", model_files[0], synth_data / "val", "--inference-precision", "bf16"),
+                      "openvino backend only")
 
 
 def test_cache_dir_keeps_the_compiled_blob_and_threads_apply(model_files, tmp_path):

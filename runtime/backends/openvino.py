@@ -60,19 +60,20 @@ def default_inference_precision() -> str:
     return ov.Core().get_property("CPU", hints.inference_precision).to_string()
 
 
-def compile_config(ov, *, precision: str, hint: str, threads: int | None, cache_dir: str | Path | None) -> dict:
-    """compile_model properties: performance hint, threads, blob cache, and the precision (unless 'default')."""
+def compile_config(ov, *, inference_precision: str, hint: str, threads: int | None, cache_dir: str | Path | None) -> dict:
+    """compile_model properties: performance hint, threads, blob cache, and the inference precision (unless 'default')."""
     import openvino.properties as props
     import openvino.properties.hint as hints
 
-    if precision not in OPENVINO_PRECISIONS:
-        raise TLError(f"OpenVINO inference precision must be one of {', '.join(OPENVINO_PRECISIONS)} (got {precision!r})")
+    if inference_precision not in OPENVINO_PRECISIONS:
+        raise TLError(f"OpenVINO inference precision must be one of {', '.join(OPENVINO_PRECISIONS)} "
+                      f"(got {inference_precision!r})")
     if hint not in HINTS:
         raise TLError(f"OpenVINO performance hint must be one of {', '.join(HINTS)} (got {hint!r})")
     mode = hints.PerformanceMode.LATENCY if hint == "latency" else hints.PerformanceMode.THROUGHPUT
     config: dict = {hints.performance_mode: mode}
-    if precision != "default":
-        config[hints.inference_precision] = getattr(ov.Type, precision)
+    if inference_precision != "default":
+        config[hints.inference_precision] = getattr(ov.Type, inference_precision)
     if threads:
         config[props.inference_num_threads] = int(threads)
     if cache_dir:
@@ -86,7 +87,7 @@ class OpenVinoBackend:
 
     def __init__(self, path: Path, *, spec: ModelSpec | None = None, providers=None, device: int = 0,
                  intra_op_threads: int | None = None, cache_dir: str | Path | None = None,
-                 precision: str = "f32", hint: str = "latency"):
+                 inference_precision: str = "f32", hint: str = "latency"):
         self.path = Path(path)
         if not self.path.is_file():
             raise TLError(f"model not found: {self.path}")
@@ -94,7 +95,8 @@ class OpenVinoBackend:
             raise TLError("providers apply to ONNX Runtime only; the openvino backend runs on the CPU")
         file_meta = read_onnx_meta(self.path)  # TLError if it is not ONNX at all
         ov = import_openvino()
-        config = compile_config(ov, precision=precision, hint=hint, threads=intra_op_threads, cache_dir=cache_dir)
+        config = compile_config(ov, inference_precision=inference_precision, hint=hint, threads=intra_op_threads,
+                                cache_dir=cache_dir)
         model = self._compile(ov.Core(), config)
         metadata = rt_metadata(model) or file_meta.metadata
         if spec is None:

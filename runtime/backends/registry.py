@@ -58,6 +58,9 @@ REGISTRY: tuple[BackendEntry, ...] = (
     BackendEntry("openvino", "tl.runtime.backends.openvino", "OpenVinoBackend", ONNX_SUFFIXES, ("openvino", "ov")),
 )
 
+# Rows per inference call where a backend sets no bound of its own (max_batch None).
+DEFAULT_BATCH_SIZE = 16
+
 # OpenVINO inference precisions; "default" leaves the choice to OpenVINO (bf16 on AMX CPUs).
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16", "default")
 

@@ -10,44 +10,72 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import click
 
+from tl.cli import field_option
 from tl.runtime.backends.registry import BACKEND_CHOICES, OPENVINO_PRECISIONS
 from tl.runtime.errors import TLError
+from tl.runtime.predict import PredictOptions
 
 FORMATS = ("table", "json", "csv")
+
+
+def _opt(name: str, *decls: str, **kwargs):
+    return field_option(PredictOptions, name, *decls, **kwargs)
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes listed per image.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Images per inference call.")
+@_opt("top_k", type=click.IntRange(min=1), help="Classes listed per image.")
+@_opt("batch_size", type=click.IntRange(min=1), help="Images per inference call.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table for people; json (one object per line) or csv for scripts.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results here instead of stdout.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT; openvino runs .onnx on OpenVINO.")
-@click.option("--providers", default=None, help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: best available).")
-@click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="spec.json for a model that carries none.")
-@click.option("--device", default=0, show_default=True, type=int, help="GPU index.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
-@click.option("--precision", default=None, type=click.Choice(OPENVINO_PRECISIONS),
-              help="OpenVINO inference precision [default: f32; default = OpenVINO's choice, bf16 on AMX CPUs].")
-def predict(model, paths, top_k, batch_size, fmt, output, backend, providers, spec_path, device, threads, precision):
+@_opt("backend", type=click.Choice(BACKEND_CHOICES),
+      help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT; openvino runs .onnx on OpenVINO.")
+@_opt("providers", help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: best available).")
+@_opt("spec", type=click.Path(path_type=Path), help="spec.json for a model that carries none.")
+@_opt("device", type=int, help="GPU index.")
+@_opt("threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
+@_opt("inference_precision", type=click.Choice(OPENVINO_PRECISIONS), show_default=False,
+      help="OpenVINO only: what an FP32 model computes in [default: f32; default = OpenVINO's choice, bf16 on AMX CPUs].")
+@click.option("--precision", "old_precision", hidden=True, type=click.Choice(OPENVINO_PRECISIONS),
+              help="The older spelling of --inference-precision.")
+def predict(model, paths, fmt, output, old_precision, **kwargs):
     """Classify images (files or folders, walked recursively) with an exported model.
 
     \b
       tl predict exports/x/model.int8.onnx photos/
       tl predict model.fp16.plan a.jpg b.png --format json
     """
-    run_predict(model=model, paths=paths, top_k=top_k, batch_size=batch_size, fmt=fmt, output=output,
-                backend=backend, providers=providers, spec=spec_path, device=device, threads=threads,
-                precision=precision)
+    from tl.console import RichReporter, stderr_console
+    from tl.runtime.predict import collect_inputs, predict_files
+
+    if kwargs["inference_precision"] is None:
+        kwargs["inference_precision"] = old_precision
+    options = PredictOptions(model=model, paths=paths, **kwargs)
+    found = collect_inputs(paths)
+    if output is not None:
+        check_output(output, model=model, spec=options.spec, paths=paths, found=found)
+    with RichReporter() as reporter:
+        result = predict_files(options, inputs=found, reporter=reporter)
+    text = _render(result, fmt)
+    if output is not None:
+        from tl.runtime.files import atomic_write_text
+
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    stderr_console().print(_summary(result, output), highlight=False, soft_wrap=True)
+    if result.failures:
+        listed = "; ".join(f"{f}" for f, _ in result.failures[:5]) + (" ..." if len(result.failures) > 5 else "")
+        raise TLError(f"{len(result.failures)} of {len(found.images)} images could not be read: {listed} "
+                      "(the others were classified; fix or remove these files)")
 
 
 @click.command()
@@ -59,37 +87,7 @@ def info(model, fmt, no_env):
     run_info(model=model, fmt=fmt, env=not no_env)
 
 
-@dataclass
-class Inputs:
-    images: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # non-image files
-    shown: dict[Path, str] = field(default_factory=dict)  # image -> its path relative to the folder it was found in
-
-
-def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
-    """Files and folders (walked, sorted) -> image files; other files are counted, not read."""
-    from tl.runtime.images import is_image_file
-
-    found = Inputs()
-    seen: set[Path] = set()
-    for p in map(Path, paths):
-        if not p.exists():
-            raise TLError(f"not found: {p}")
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            if f in seen:
-                continue
-            seen.add(f)
-            (found.images if is_image_file(f) else found.skipped).append(f)
-            found.shown[f] = str(f.relative_to(p)) if p.is_dir() else str(f)
-    if not found.images:
-        where = ", ".join(map(str, paths))
-        raise TLError(f"no images found in {where} ({len(found.skipped)} other files skipped); "
-                      "give image files (jpg, png, bmp, gif, tif, webp) or folders that hold them")
-    return found
-
-
-def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequence[str | Path], found: Inputs) -> None:
+def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequence[str | Path], found) -> None:
     """``-o`` never replaces what predict reads: the model, its sidecar, a spec or an input file."""
     from tl.runtime.artifact import ENGINE_SUFFIXES
     from tl.runtime.files import check_writable
@@ -113,61 +111,18 @@ def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequenc
     check_writable(output)  # before the images are classified, not after
 
 
-def run_predict(*, model, paths, top_k=5, batch_size=16, fmt="table", output=None, backend="auto",
-                providers=None, spec=None, device=0, threads=None, precision=None) -> None:
-    import numpy as np
-
-    from tl.console import RichReporter
-    from tl.runtime.classifier import Classifier
-    from tl.runtime.images import preprocess_one
-
-    found = collect_inputs(paths)
-    if output is not None:
-        check_output(output, model=model, spec=spec if isinstance(spec, (str, Path)) else None, paths=paths, found=found)
-    clf = Classifier.load(model, backend=backend, providers=providers, device=device, spec=spec,
-                          intra_op_threads=threads, precision=precision)
-    preds, failures = [], []
-    reporter = RichReporter()
-    with reporter, reporter.task("classifying", total=len(found.images)) as task:
-        for start in range(0, len(found.images), batch_size):
-            chunk = found.images[start:start + batch_size]
-            arrays, ok = [], []
-            for f in chunk:
-                try:
-                    arrays.append(preprocess_one(f, clf.spec))
-                    ok.append(str(f))
-                except TLError as e:
-                    failures.append((f, str(e)))
-                    reporter.warning(str(e))
-            if arrays:
-                logits = clf.predict_logits(np.stack(arrays))
-                preds += clf.postprocess(logits, top_k=top_k, sources=ok)
-            task.advance(len(chunk))
-    err = reporter.console
-
-    text = _render(preds, fmt, clf, {str(f): name for f, name in found.shown.items()})
-    if output is not None:
-        from tl.runtime.files import atomic_write_text
-
-        atomic_write_text(output, text)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    summary = (f"{len(preds)} images classified with {clf.path.name} ({clf.backend_name}, {clf.precision}, "
-               f"{', '.join(clf.providers)})")
-    if found.skipped:
-        summary += f"; {len(found.skipped)} non-image files skipped"
+def _summary(result, output: Path | None) -> str:
+    summary = (f"{len(result.predictions)} images classified with {result.model} ({result.backend}, "
+               f"{result.precision}, {', '.join(result.providers)})")
+    if result.inputs.skipped:
+        summary += f"; {len(result.inputs.skipped)} non-image files skipped"
     if output is not None:
         summary += f"; results in {output}"
-    err.print(summary, highlight=False, soft_wrap=True)
-    clf.close()
-    if failures:
-        listed = "; ".join(f"{f}" for f, _ in failures[:5]) + (" ..." if len(failures) > 5 else "")
-        raise TLError(f"{len(failures)} of {len(found.images)} images could not be read: {listed} "
-                      "(the others were classified; fix or remove these files)")
+    return summary
 
 
-def _render(preds, fmt: str, clf, shown: dict[str, str]) -> str:
+def _render(result, fmt: str) -> str:
+    preds = result.predictions
     if fmt == "json":
         return "".join(json.dumps(p.to_dict()) + "\n" for p in preds)
     if fmt == "csv":
@@ -182,7 +137,8 @@ def _render(preds, fmt: str, clf, shown: dict[str, str]) -> str:
 
     from tl.console import shown as safe
 
-    table = Table(title=f"{safe(clf.path.name)} ({clf.precision}, {clf.backend_name})", title_justify="left")
+    shown = {str(f): name for f, name in result.inputs.shown.items()}
+    table = Table(title=f"{safe(result.model)} ({result.precision}, {result.backend})", title_justify="left")
     table.add_column("image", overflow="fold")
     table.add_column("label")
     table.add_column("score", justify="right")
