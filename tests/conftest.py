@@ -14,10 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # The one module that runs OpenVINO inside its pytest process runs in a pytest of its own
-# (tests/test_openvino_isolated.py starts it): after OpenVINO's CPU plugin ran in a process, a later
-# wait on a child process there (tl train under Ctrl-C, a DataLoader worker, a tl bench subprocess,
-# the serve fixture's shutdown) ended the whole session with SIGSEGV, four times on the 2-core AMD
-# EPYC machine; never with the module alone.
+# (tests/test_openvino_isolated.py starts it): once OpenVINO's CPU plugin has run in a process,
+# waiting there on a child process (a DataLoader worker, a tl subprocess) can end it with SIGSEGV.
 OPENVINO_IN_PROCESS = "test_runtime_openvino.py"
 
 

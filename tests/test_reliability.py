@@ -1,4 +1,4 @@
-"""Issue 9, sections 1 and 2: outputs never destroy inputs, stale or mixed artifacts never pass as fresh.
+"""Outputs never destroy inputs; stale or mixed artifacts never pass as fresh.
 
 One mechanism per class, each checked through the CLI where the CLI is the boundary:
 the output-folder lock (train, export, bench), predict's -o guard, export's staging folder

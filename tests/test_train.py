@@ -370,7 +370,7 @@ def test_resume_across_amp_dtypes_restores_or_drops_the_loss_scale():
     from tl.train.loop import restore_scaler
 
     fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
-    with pytest.raises(RuntimeError):  # what resume used to call
+    with pytest.raises(RuntimeError):  # why a plain load_state_dict cannot be used
         fp16.load_state_dict({})
     restore_scaler(fp16, {})  # bf16 run resumed with fp16: fresh scaler
     assert fp16.get_scale() == 1024.0

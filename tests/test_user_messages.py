@@ -1,5 +1,5 @@
-"""Mistakes that used to end in a traceback, the OOM killer or a misleading message:
-each is one `error:` line that says what is wrong and what to do."""
+"""Oversized, out-of-range and misplaced inputs: each is one `error:` line that says what is wrong
+and what to do, before any work (not a traceback, the OOM killer or a misleading message)."""
 
 from __future__ import annotations
 
