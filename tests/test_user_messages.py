@@ -43,7 +43,7 @@ def test_spec_of_another_size_or_class_count_is_named(make_onnx, synth_data, tmp
     assert "InvalidArgument" not in r.err
 
 
-# -- messages that used to mislead --------------------------------------------------------------
+# -- messages that name the real cause --------------------------------------------------------
 
 TINY = ["--arch", "mobilenet_v3_small", "--image-size", "32", "--epochs", "1", "--workers", "0", "--no-progress"]
 
