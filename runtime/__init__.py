@@ -3,12 +3,16 @@
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
-__all__ = ["TLError", "ModelSpec", "Classifier", "Prediction"]
+__all__ = ["TLError", "ModelSpec", "Classifier", "Prediction", "PredictOptions", "predict_files"]
+
+# Lazy: importing tl.runtime must not import numpy, onnxruntime or tensorrt.
+_HOMES = {"Classifier": "tl.runtime.classifier", "Prediction": "tl.runtime.classifier",
+          "PredictOptions": "tl.runtime.predict", "predict_files": "tl.runtime.predict"}
 
 
-def __getattr__(name):  # lazy: importing tl.runtime must not import onnxruntime/tensorrt
-    if name in ("Classifier", "Prediction"):
-        from tl.runtime import classifier
+def __getattr__(name):
+    if name in _HOMES:
+        import importlib
 
-        return getattr(classifier, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'tl.runtime' has no attribute {name!r}")
