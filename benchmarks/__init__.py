@@ -7,24 +7,23 @@
 
 ``targets`` finds the checkpoint and artifacts, ``matrix`` times every runner at every
 batch size in interleaved rounds, ``runners`` holds one small class per backend, ``timing``
-decides what a latency number means, ``recommend`` picks what to ship, ``report`` writes
-bench.json/csv/md/png.
+decides what a latency number means, ``recommend`` picks what to ship, ``rows`` holds what a
+run produces, ``environment`` the machine it ran on, and ``report`` writes bench.json/csv/md/png.
 """
 
 __all__ = ["BACKENDS", "BenchOptions", "BenchResult", "BenchRow", "ROW_FIELDS", "Recommendation", "run"]
 
+# Lazy, so that `tl bench --help` never imports torch: each name and the module that defines it.
+_HOMES = {
+    "BACKENDS": "tl.benchmarks.options", "BenchOptions": "tl.benchmarks.options",
+    "BenchResult": "tl.benchmarks.rows", "BenchRow": "tl.benchmarks.rows", "ROW_FIELDS": "tl.benchmarks.rows",
+    "Recommendation": "tl.benchmarks.recommend", "run": "tl.benchmarks.matrix",
+}
 
-def __getattr__(name):  # lazy: `tl bench --help` must not import torch
-    if name in ("BACKENDS", "BenchOptions"):
-        from tl.benchmarks import options
 
-        return getattr(options, name)
-    if name in ("BenchResult", "BenchRow", "ROW_FIELDS", "run"):
-        from tl.benchmarks import matrix
+def __getattr__(name):
+    if name in _HOMES:
+        import importlib
 
-        return getattr(matrix, name)
-    if name == "Recommendation":  # (tl.benchmarks.recommend is the module; recommend.recommend the function)
-        from tl.benchmarks.recommend import Recommendation
-
-        return Recommendation
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'tl.benchmarks' has no attribute {name!r}")

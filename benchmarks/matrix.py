@@ -11,79 +11,27 @@ last batch size is timed (interleaving needs them all at once).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from tl.benchmarks import report
+from tl.benchmarks.environment import run_environment
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
-from tl.benchmarks.recommend import Recommendation, recommend
+from tl.benchmarks.recommend import recommend
+from tl.benchmarks.rows import BenchResult, BenchRow
+from tl.benchmarks.runners import (ClassifierRunner, SkipCell, SkippedRunner, TorchRunner, available_ort_providers,
+                                   model_size_mb, openvino_variants, short_error)
 from tl.benchmarks.targets import Targets, bench_images, check_provenance, resolve_targets, spec_of_targets
+from tl.benchmarks.timing import DISTURBED_SPREAD, Stats, measure_rounds, spread
+from tl.runtime.artifact import precision_from_name
 from tl.runtime.errors import TLError, debug_enabled
-from tl.runtime.files import ensure_output_dir
+from tl.runtime.files import ensure_output_dir, output_lock
 from tl.runtime.progress import SILENT, Reporter
 
 AGREEMENT_CHUNK = 8  # images per call when checking agreement (padded, so compile sees one shape)
-COMPUTE_MS_MEANING = ("device time of one inference call with the input already on the GPU: CUDA events around each "
-                      "call, calls enqueued back to back after warm-up (torch and TensorRT rows; empty for ONNX "
-                      "Runtime, which exposes no events, and where the batch exceeds an engine's max batch)")
-
-
-@dataclass
-class BenchRow:
-    backend: str
-    precision: str
-    provider: str
-    device: str
-    batch: int
-    mean_ms: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    min_ms: float | None = None
-    max_ms: float | None = None
-    first_ms: float | None = None
-    throughput: float | None = None
-    speedup: float | None = None
-    agreement: float | None = None
-    accuracy: float | None = None
-    size_mb: float | None = None
-    build_s: float | None = None
-    status: str = "ok"  # ok | failed | skipped
-    error: str | None = None
-    compute_ms: float | None = None  # device time per call (trtexec's GPU Compute Time)
-    artifact: str | None = None
-    rounds: int | None = None  # interleaved rounds timed (one sample each)
-    spread: float | None = None  # p90 / p50
-    disturbed: bool | None = None  # spread above timing.DISTURBED_SPREAD: other load hit this cell
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-ROW_FIELDS = tuple(f for f in BenchRow.__dataclass_fields__)
-
-
-@dataclass
-class BenchResult:
-    rows: list[BenchRow]
-    environment: dict[str, Any]
-    images: dict[str, Any]  # {"source", "count", "labelled"}
-    out: Path | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-    min_agreement: float | None = None
-    recommendations: list[Recommendation] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"environment": self.environment, "rows": [r.to_dict() for r in self.rows],
-                "min_agreement": self.min_agreement, "recommendations": [asdict(r) for r in self.recommendations]}
-
-    def row(self, backend: str, batch: int, precision: str | None = None) -> BenchRow | None:
-        for r in self.rows:
-            if r.backend == backend and r.batch == batch and (precision is None or r.precision == precision):
-                return r
-        return None
 
 
 @dataclass
@@ -102,7 +50,8 @@ class _Bench:
 # -- setup ------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
+def bench_device(device: str) -> str:
+    """--device as the bench rows name it ("cpu" | "cuda"); auto picks cuda where torch sees a GPU."""
     import torch
 
     if device == "auto":
@@ -125,9 +74,6 @@ def _reference_model(targets: Targets):
 
 
 def _make_runners(o: BenchOptions, targets: Targets, device: str, model, spec) -> list:
-    from tl.benchmarks.runners import ClassifierRunner, SkippedRunner, TorchRunner, available_ort_providers, model_size_mb
-    from tl.runtime.artifact import precision_from_name
-
     explicit = o.backends is not None
     wanted = o.backends if explicit else default_backends(device)
     shape = (spec.input.channels, spec.input.height, spec.input.width)
@@ -168,9 +114,6 @@ def _make_runners(o: BenchOptions, targets: Targets, device: str, model, spec) -
 
 def _openvino_runners(o: BenchOptions, onnx: list, spec) -> list:
     """OpenVINO rows per ONNX file (runners.openvino_variants); one skipped row each where OpenVINO is missing."""
-    from tl.benchmarks.runners import ClassifierRunner, SkippedRunner, openvino_variants
-    from tl.runtime.artifact import precision_from_name
-
     try:
         from tl.runtime.backends.openvino import default_inference_precision
 
@@ -222,8 +165,6 @@ def _logits_all(runner, x: np.ndarray) -> np.ndarray:
 
 
 def _load(bench: _Bench, runner) -> tuple[str, str | None]:
-    from tl.benchmarks.runners import SkipCell, short_error
-
     try:
         runner.load()
         return "ok", None
@@ -238,8 +179,6 @@ def _load(bench: _Bench, runner) -> tuple[str, str | None]:
 
 
 def _fill_row(row: BenchRow, timing, runner, xb: np.ndarray) -> None:
-    from tl.benchmarks.timing import DISTURBED_SPREAD, Stats, spread
-
     st = timing.stats
     row.mean_ms, row.p50_ms, row.p90_ms, row.p99_ms = st.mean_ms, st.p50_ms, st.p90_ms, st.p99_ms
     row.min_ms, row.max_ms, row.first_ms, row.throughput = st.min_ms, st.max_ms, timing.first_ms, timing.throughput
@@ -252,8 +191,6 @@ def _fill_row(row: BenchRow, timing, runner, xb: np.ndarray) -> None:
 
 
 def _cell_failed(bench: _Bench, row: BenchRow, e: Exception) -> None:
-    from tl.benchmarks.runners import short_error
-
     if bench.debug:
         raise e
     oom = "out of memory" in str(e).lower() or type(e).__name__ in ("OutOfMemoryError", "MemoryError")
@@ -263,8 +200,6 @@ def _cell_failed(bench: _Bench, row: BenchRow, e: Exception) -> None:
 
 def _time_batch(bench: _Bench, runners: list, rows: dict[int, list[BenchRow]], loaded: list[int], b: int) -> None:
     """One batch size: every loaded runner in the same interleaved rounds, then its device time."""
-    from tl.benchmarks.timing import measure_rounds
-
     xb = _batch_of(bench.images, b)
     live = [i for i in loaded if not _broken(rows[i], b)]
     timings = measure_rounds([(lambda r=runners[i]: r.infer(xb)) for i in live], batch=b,
@@ -313,8 +248,6 @@ def _measure_all(bench: _Bench, runners: list, task) -> list[list[BenchRow]]:
 
 def _agreement(bench: _Bench, runner, rows: list[BenchRow]) -> None:
     """Top-1 agreement with eager FP32 (and accuracy on labelled images), shared by the runner's rows."""
-    from tl.benchmarks.runners import short_error
-
     ok = [r for r in rows if r.status == "ok"]
     if not ok:
         return
@@ -335,8 +268,6 @@ def _agreement(bench: _Bench, runner, rows: list[BenchRow]) -> None:
 
 def _reference_top1(model, device: str, x: np.ndarray, *, shape) -> np.ndarray | None:
     """Eager FP32 top-1 when no eager row is benchmarked: agreement still means 'vs eager FP32'."""
-    from tl.benchmarks.runners import TorchRunner
-
     runner = TorchRunner(model=model, backend="eager", device=device, input_shape=shape)
     try:
         runner.load()
@@ -367,25 +298,6 @@ def _speedups(rows: list[BenchRow]) -> None:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def _environment(o: BenchOptions, device: str, spec, ckpt_path, targets: Targets, images: dict) -> dict[str, Any]:
-    from tl.benchmarks.report import bench_environment
-    from tl.benchmarks.timing import DISTURBED_SPREAD
-
-    env = bench_environment(device=device, threads=o.threads)
-    env.update({
-        "arch": spec.arch, "image_size": [spec.input.height, spec.input.width], "num_classes": spec.num_classes,
-        "checkpoint": str(ckpt_path) if ckpt_path else None,
-        "artifacts": [str(a.path) for a in targets.artifacts],
-        "images": images,
-        "timing": {"warmup": o.warmup, "seconds": None if o.iters else o.seconds, "iters": o.iters,
-                   "rounds": "interleaved: every runner of a batch size once per round", "disturbed_spread": DISTURBED_SPREAD,
-                   "percentiles": "nearest-rank", "latency": "host input -> host output",
-                   "compute_ms": COMPUTE_MS_MEANING},
-        "batch_sizes": list(o.batch_sizes),
-    })
-    return env
-
-
 def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
     """Measure every runner at every batch size; write bench.* into ``options.out`` when given.
 
@@ -395,18 +307,14 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
     targets = resolve_targets(list(o.targets))
     if o.out is not None:  # before minutes of timing
         ensure_output_dir(o.out, option="--out")
-    device = resolve_device(o.device)
+    device = bench_device(o.device)
     model, spec, ckpt, ckpt_path = _reference_model(targets)
-    lock = contextlib.nullcontext()
-    if o.out is not None:
-        from tl.runtime.files import output_lock
-
-        lock = output_lock(o.out, "tl bench")
+    lock = output_lock(o.out, "tl bench") if o.out is not None else contextlib.nullcontext()
     with lock, _torch_threads(o.threads):
         runners = _make_runners(o, targets, device, model, spec)
         x, labels, source = bench_images(spec, ckpt=ckpt, val_dir=o.val_dir, limit=o.images)
         images = {"source": source, "count": int(len(x)), "labelled": labels is not None}
-        env = _environment(o, device, spec, ckpt_path, targets, images)
+        env = run_environment(o, device, spec, ckpt_path, targets, images)
         reference = None
         if model is not None and not any(r.backend == "eager" for r in runners):
             reference = _reference_top1(model, device, x, shape=x.shape[1:])
@@ -425,8 +333,6 @@ def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
         result = BenchResult(rows=rows, environment=env, images=images, min_agreement=o.min_agreement)
         result.recommendations = recommend(rows, min_agreement=o.min_agreement, environment=env)
         if o.out is not None:
-            from tl.benchmarks import report
-
             result.out = Path(o.out)
             result.files = report.write_all(result, Path(o.out))
     return result

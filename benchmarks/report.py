@@ -1,7 +1,6 @@
-"""Bench reports: bench.json/csv/md and bench.png, the cell formatting they share, and the machine.
+"""Bench reports: bench.json/csv/md and bench.png, and the cell formatting they share with the terminal table.
 
-Numbers without the machine they came from are useless, so every report carries the CPU,
-GPU, driver and library versions. Files are written atomically.
+Every report carries the machine it was measured on (``environment``). Files are written atomically.
 """
 
 from __future__ import annotations
@@ -9,90 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import platform
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tl.benchmarks.rows import ROW_FIELDS, BenchResult, BenchRow
+from tl.benchmarks.runners import ORT_PROVIDER_SHORT
 from tl.runtime.files import atomic_path, atomic_write_text
-
-if TYPE_CHECKING:
-    from tl.benchmarks.matrix import BenchResult, BenchRow
-
-# The columns every bench.json row and bench.csv line must have (BenchRow may add more).
-REQUIRED_FIELDS = (
-    "backend", "precision", "provider", "device", "batch", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms",
-    "max_ms", "first_ms", "throughput", "speedup", "agreement", "accuracy", "size_mb", "build_s", "status", "error",
-    "rounds", "spread", "disturbed",
-)
-
-
-# -- environment --------------------------------------------------------------------------------
-
-
-def _physical_cores() -> int | None:
-    try:
-        pairs = set()
-        phys = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
-            if line.startswith("physical id"):
-                phys = line.split(":", 1)[1].strip()
-            elif line.startswith("core id"):
-                core = line.split(":", 1)[1].strip()
-            elif not line.strip():
-                if core is not None:
-                    pairs.add((phys, core))
-                phys = core = None
-        return len(pairs) or None
-    except OSError:
-        return None
-
-
-def bench_environment(*, device: str, threads: int | None = None) -> dict[str, Any]:
-    """Machine and library facts for bench.json (versions by package metadata: no heavy imports)."""
-    from tl.runtime.env import cpu_info
-    from tl.runtime.gpu import nvidia_smi, package_version, tensorrt_version
-
-    env: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "os": platform.platform(),
-        "cpu": cpu_info()["model"],
-        "cpu_cores": _physical_cores(),
-        "cpu_threads": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "device": device,
-        "gpu": None,
-        "gpu_driver": None,
-        "cuda": None,
-        "python": sys.version.split()[0],
-        "torch": package_version("torch"),
-        "torchvision": package_version("torchvision"),
-        "onnx": package_version("onnx"),
-        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
-        "tensorrt": tensorrt_version(),
-        "numpy": package_version("numpy"),
-        "tl": package_version("tl"),
-    }
-    try:
-        import torch
-
-        env["torch_threads"] = threads or torch.get_num_threads()
-        env["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            i = torch.cuda.current_device()
-            env["gpu"] = torch.cuda.get_device_name(i)
-            cap = torch.cuda.get_device_capability(i)
-            env["gpu_compute_capability"] = f"{cap[0]}.{cap[1]}"
-            env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(i).total_memory / 1e9, 1)
-            smi = nvidia_smi()
-            env["gpu_driver"] = smi[0].get("driver_version") if smi else None
-    except ImportError:
-        pass
-    env["ort_threads"] = threads or "onnxruntime default (physical cores)"
-    return env
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -118,16 +39,14 @@ def times(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def provider(r: "BenchRow") -> str:
+def provider(r: BenchRow) -> str:
     """Short provider: ORT's EP names shortened; OpenVINO's "OpenVINO 2026.4 CPU bf16" as "cpu bf16"."""
-    from tl.benchmarks.runners import ORT_PROVIDER_SHORT
-
     if r.backend == "openvino" and r.provider.startswith("OpenVINO "):
         return " ".join(r.provider.split()[2:]).lower()
     return ORT_PROVIDER_SHORT.get(r.provider, r.provider) if r.provider else "-"
 
 
-def status(r: "BenchRow", *, short: bool = False) -> str:
+def status(r: BenchRow, *, short: bool = False) -> str:
     """ok, or ok with the p90/p50 of a disturbed cell, or the reason a cell did not run."""
     if r.status != "ok":
         return f"{r.status}: {r.error or ''}"
@@ -136,7 +55,7 @@ def status(r: "BenchRow", *, short: bool = False) -> str:
     return f"disturbed {r.spread:.2f}" if short else f"ok, disturbed (p90/p50 {r.spread:.2f})"
 
 
-def table_rows(rows: list["BenchRow"]) -> tuple[list[str], list[list[str]]]:
+def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the terminal table and bench.md."""
     header = ["backend", "prec", "provider", "dev", "batch", "mean ms", "p50", "p90", "p99", "min", "max",
               "first ms", "img/s", "speedup", "agree", "acc", "MB", "build s", "gpu ms", "rounds", "p90/p50", "status"]
@@ -151,7 +70,7 @@ def table_rows(rows: list["BenchRow"]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def caption(result: "BenchResult") -> str:
+def caption(result: BenchResult) -> str:
     env = result.environment
     t = env.get("timing", {})
     budget = f"{t.get('iters')} iters" if t.get("iters") else f"{t.get('seconds')} s"
@@ -168,14 +87,12 @@ def caption(result: "BenchResult") -> str:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def write_json(result: "BenchResult", path: Path) -> Path:
+def write_json(result: BenchResult, path: Path) -> Path:
     atomic_write_text(path, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return path
 
 
-def write_csv(result: "BenchResult", path: Path) -> Path:
-    from tl.benchmarks.matrix import ROW_FIELDS
-
+def write_csv(result: BenchResult, path: Path) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), lineterminator="\n")
     w.writeheader()
@@ -189,7 +106,7 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def write_md(result: "BenchResult", path: Path) -> Path:
+def write_md(result: BenchResult, path: Path) -> Path:
     env = result.environment
     header, body = table_rows(result.rows)
     lines = [
@@ -213,7 +130,7 @@ def write_md(result: "BenchResult", path: Path) -> Path:
     return path
 
 
-def recommendation_md(result: "BenchResult") -> list[str]:
+def recommendation_md(result: BenchResult) -> list[str]:
     """The 'what to ship' section of bench.md: one entry per batch size with the lines that load it."""
     if result.min_agreement is None:
         return []
@@ -234,7 +151,7 @@ _COLOURS = {
 }
 
 
-def _series(rows: list["BenchRow"]) -> tuple[list[str], list[int], dict[str, dict[int, "BenchRow"]]]:
+def _series(rows: list[BenchRow]) -> tuple[list[str], list[int], dict[str, dict[int, BenchRow]]]:
     labels: list[str] = []
     batches = sorted({r.batch for r in rows})
     by: dict[str, dict[int, BenchRow]] = {}
@@ -247,14 +164,14 @@ def _series(rows: list["BenchRow"]) -> tuple[list[str], list[int], dict[str, dic
     return labels, batches, by
 
 
-def _plot_label(r: "BenchRow") -> str:
+def _plot_label(r: BenchRow) -> str:
     lab = f"{r.backend.split('-')[0]} {r.precision}"
     if r.backend == "ort" and r.provider and r.provider != "CPUExecutionProvider":
         lab += f" ({provider(r)})"
     return lab
 
 
-def write_png(result: "BenchResult", path: Path) -> Path:
+def write_png(result: BenchResult, path: Path) -> Path:
     """Two panels: p50 latency (log scale, p90-p99 whiskers) and throughput per backend and batch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -308,7 +225,7 @@ def write_png(result: "BenchResult", path: Path) -> Path:
     return path
 
 
-def _style_axes(ax_lat, ax_thr, rows: list["BenchRow"], batches: list[int]) -> None:
+def _style_axes(ax_lat, ax_thr, rows: list[BenchRow], batches: list[int]) -> None:
     """Ticks, grid, scales (log latency when the spread is wide), labels and the legend."""
     for ax in (ax_lat, ax_thr):
         ax.set_xticks(list(range(len(batches))), [f"batch {b}" for b in batches])
@@ -330,7 +247,7 @@ def _style_axes(ax_lat, ax_thr, rows: list["BenchRow"], batches: list[int]) -> N
     ax_thr.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
 
 
-def write_all(result: "BenchResult", out: Path) -> dict[str, Path]:
+def write_all(result: BenchResult, out: Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return {

@@ -4,14 +4,14 @@ Like trtexec: the first call (cold caches, lazy init, compilation) is recorded o
 warm-up calls are thrown away, then calls are timed until an iteration count or a time
 budget is reached. Each sample is end-to-end (host input -> host output); ``sync`` runs
 inside the timed region so asynchronous devices are waited for. Device-resident compute
-time, where a backend can measure it, is gathered separately (``compute_ms``).
+time, where a backend can measure it, is gathered separately (``cuda_event_timer``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 Clock = Callable[[], float]
@@ -86,18 +86,11 @@ class Timing:
     batch: int
     first_ms: float
     samples_ms: tuple[float, ...]
-    warmup: int
     wall_s: float
-    compute_ms: tuple[float, ...] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> Stats:
         return Stats.of(self.samples_ms)
-
-    @property
-    def compute_stats(self) -> Stats | None:
-        return Stats.of(self.compute_ms) if self.compute_ms else None
 
     @property
     def throughput(self) -> float:
@@ -148,7 +141,6 @@ def measure(
         batch=batch,
         first_ms=first_ms,
         samples_ms=tuple(samples),
-        warmup=options.warmup,
         wall_s=clock() - start,
     )
 
@@ -217,8 +209,7 @@ def measure_rounds(
                 del samples[i]
         rounds += 1
     for i, got in samples.items():
-        out[i] = Timing(batch=batch, first_ms=firsts[i], samples_ms=tuple(got), warmup=options.warmup,
-                        wall_s=clock() - start)
+        out[i] = Timing(batch=batch, first_ms=firsts[i], samples_ms=tuple(got), wall_s=clock() - start)
     return out  # type: ignore[return-value]
 
 
