@@ -9,13 +9,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tl.runtime.backends.registry import REGISTRY, BackendEntry
 from tl.runtime.errors import TLError, require
 
+
+def bench_name(entry: BackendEntry) -> str:
+    """tl bench's name for a runtime backend: the short alias its registry entry lists first (ort, trt, openvino).
+
+    Rows and --backends show it, and Classifier.load accepts it as it is.
+    """
+    return entry.aliases[0]
+
+
 TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
-ARTIFACT_BACKENDS = ("ort", "trt", "openvino")
+ARTIFACT_BACKENDS = tuple(bench_name(e) for e in REGISTRY)
 BACKENDS = TORCH_BACKENDS + ARTIFACT_BACKENDS
 DEVICES = ("auto", "cpu", "cuda")
 MAX_BATCH_SIZE = 4096
+
+
+def int_list(value: str | Sequence[int], what: str) -> tuple[int, ...]:
+    """Integers from "1,8,32" (as the CLI gives them) or from a sequence; ``what`` names the option in the error."""
+    if not isinstance(value, str):
+        return tuple(int(v) for v in value)
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise TLError(f"{what} must be comma-separated positive integers like 1,8,32 (got {value!r})") from None
 
 
 def default_backends(device: str) -> tuple[str, ...]:
@@ -23,14 +43,35 @@ def default_backends(device: str) -> tuple[str, ...]:
     return BACKENDS if device == "cuda" else tuple(b for b in BACKENDS if b != "eager-fp16")
 
 
+def _backend_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    names = tuple(b.strip().lower() for b in (value.split(",") if isinstance(value, str) else value) if b.strip())
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown or not names:
+        raise TLError(f"--backends: unknown {', '.join(unknown) or '(empty)'}; choose from {','.join(BACKENDS)}")
+    return names
+
+
+def _batch_sizes(value: str | Sequence[int]) -> tuple[int, ...]:
+    given = int_list(value, "--batch-sizes")
+    sizes = tuple(dict.fromkeys(given))
+    if not sizes or any(b < 1 for b in sizes):
+        raise TLError(f"--batch-sizes must be positive integers like 1,8,32 (got {','.join(map(str, given)) or 'none'})")
+    if max(sizes) > MAX_BATCH_SIZE:
+        raise TLError(f"--batch-sizes: {max(sizes)} is too large (at most {MAX_BATCH_SIZE})")
+    return sizes
+
+
 @dataclass(frozen=True, kw_only=True)
 class BenchOptions:
-    """What to measure. ``backends=None`` means everything that can run on ``device``."""
+    """What to measure. ``backends=None`` means everything that can run on ``device``.
+
+    ``backends`` and ``batch_sizes`` also take the comma-separated text the CLI gets ("ort,trt", "1,8").
+    """
 
     targets: Sequence[str | Path]
     device: str = "auto"
-    backends: Sequence[str] | None = None
-    batch_sizes: Sequence[int] = (1, 8, 32)
+    backends: Sequence[str] | str | None = None
+    batch_sizes: Sequence[int] | str = (1, 8, 32)
     warmup: int = 3
     seconds: float | None = 3.0
     iters: int | None = None
@@ -46,18 +87,8 @@ class BenchOptions:
         if self.device not in DEVICES:
             raise TLError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
         if self.backends is not None:
-            names = tuple(b.strip().lower() for b in self.backends if b.strip())
-            unknown = [b for b in names if b not in BACKENDS]
-            if unknown or not names:
-                raise TLError(f"--backends: unknown {', '.join(unknown) or '(empty)'}; choose from {','.join(BACKENDS)}")
-            object.__setattr__(self, "backends", names)
-        sizes = tuple(dict.fromkeys(int(b) for b in self.batch_sizes))
-        if not sizes or any(b < 1 for b in sizes):
-            raise TLError("--batch-sizes must be positive integers like 1,8,32 "
-                          f"(got {','.join(map(str, self.batch_sizes)) or 'none'})")
-        if max(sizes) > MAX_BATCH_SIZE:
-            raise TLError(f"--batch-sizes: {max(sizes)} is too large (at most {MAX_BATCH_SIZE})")
-        object.__setattr__(self, "batch_sizes", sizes)
+            object.__setattr__(self, "backends", _backend_names(self.backends))
+        object.__setattr__(self, "batch_sizes", _batch_sizes(self.batch_sizes))
         checks = (
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1 (got {self.threads})"),
             (self.images >= 1, f"--images must be at least 1 (got {self.images})"),

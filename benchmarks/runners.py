@@ -165,9 +165,6 @@ class TorchRunner(Runner):
 # -- tl.runtime artifacts ------------------------------------------------------------------
 
 
-RUNTIME_BACKEND = {"ort": "onnxruntime", "trt": "tensorrt", "openvino": "openvino"}
-
-
 def openvino_variants(file_precision: str, default_precision: str | None) -> list[tuple[str, str]]:
     """(row precision, OpenVINO inference precision) rows for one ONNX file.
 
@@ -212,7 +209,7 @@ class ClassifierRunner(Runner):
         from tl.runtime import Classifier
 
         t0 = time.perf_counter()
-        self.clf = Classifier.load(self.path, backend=RUNTIME_BACKEND[self.backend],
+        self.clf = Classifier.load(self.path, backend=self.backend,
                                    providers=[self.provider] if self.backend == "ort" else None,
                                    intra_op_threads=self.threads, precision=self.ov_precision)
         load_s = time.perf_counter() - t0

@@ -14,14 +14,16 @@ from typing import Sequence
 
 import numpy as np
 
+from tl.benchmarks.options import bench_name
 from tl.runtime.artifact import PRECISIONS, kind_of, precision_from_name
+from tl.runtime.backends.registry import entry_for
 from tl.runtime.errors import TLError
 
 
 @dataclass(frozen=True)
 class Artifact:
     path: Path
-    backend: str  # ort | trt
+    backend: str  # tl bench's name for what runs it: ort | trt
     build_s: float | None = None  # TensorRT engine build time, when recorded
 
 
@@ -55,12 +57,11 @@ def _export_folder(folder: Path, targets: Targets) -> list[Artifact]:
         files.setdefault(name, folder / name)  # listed but missing: its cell fails and says so
     out = []
     for name, p in files.items():
-        backend = "trt" if kind_of(p) == "engine" else "ort"
         build_s = None
-        if backend == "trt":
+        if kind_of(p) == "engine":
             rec = recorded.get(name, {})
             build_s = rec.get("seconds") if isinstance(rec.get("seconds"), (int, float)) else _sidecar_build_s(p)
-        out.append(Artifact(p, backend, build_s))
+        out.append(Artifact(p, bench_name(entry_for(p)), build_s))
     return out
 
 
@@ -85,10 +86,9 @@ def resolve_targets(paths: Sequence[str | Path]) -> Targets:
             kind = kind_of(p)
             if kind == "checkpoint":
                 checkpoints.append(p)
-            elif kind == "onnx":
-                t.artifacts.append(Artifact(p, "ort"))
-            elif kind == "engine":
-                t.artifacts.append(Artifact(p, "trt", _sidecar_build_s(p)))
+            elif kind in ("onnx", "engine"):
+                build_s = _sidecar_build_s(p) if kind == "engine" else None
+                t.artifacts.append(Artifact(p, bench_name(entry_for(p)), build_s))
             else:
                 raise TLError(f"{p}: not a checkpoint (.pt) or a model file (.onnx, .plan); TARGET is a checkpoint, a run folder or an export folder")
             continue

@@ -10,19 +10,16 @@ from pathlib import Path
 
 import click
 
-from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions, LoadOptions
+from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions, LoadOptions, int_list
 from tl.cli import field_option
 from tl.runtime.backends.registry import BACKEND_CHOICES
 
 
-def _int_list(text: str, what: str) -> list[int]:
-    from tl.runtime.errors import TLError
+def _comma_default(options_cls, name: str) -> str:
+    """A tuple field's default as the comma-separated text its option takes ("1,8,32")."""
+    import dataclasses
 
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise TLError(f"{what} must be comma-separated positive integers like 1,8,32 (got {text!r})") from None
-    return values
+    return ",".join(map(str, next(f.default for f in dataclasses.fields(options_cls) if f.name == name)))
 
 
 class _BenchCommand(click.Command):
@@ -43,22 +40,22 @@ class _BenchCommand(click.Command):
 @click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=str))
 @field_option(BenchOptions, "device", type=click.Choice(DEVICES),
               help="Where PyTorch and ONNX Runtime run (auto: cuda if torch sees a GPU).")
-@click.option("--backends", default=None, metavar="LIST",
+@field_option(BenchOptions, "backends", metavar="LIST",
               help=f"Comma-separated subset of {','.join(BACKENDS)} (default: everything that runs on the device).")
 @field_option(BenchOptions, "batch_sizes", metavar="LIST", help="Batch sizes to time.",
-              default=",".join(map(str, BenchOptions.__dataclass_fields__["batch_sizes"].default)))
+              default=_comma_default(BenchOptions, "batch_sizes"))
 @field_option(BenchOptions, "warmup", type=int, help="Untimed calls per cell after the first call.")
 @field_option(BenchOptions, "seconds", type=float, help="Time budget of timed calls per cell.")
-@click.option("--iters", default=None, type=int, help="Timed calls per cell (overrides --seconds).")
-@click.option("--val-dir", default=None, type=click.Path(path_type=str),
+@field_option(BenchOptions, "iters", type=int, help="Timed calls per cell (overrides --seconds).")
+@field_option(BenchOptions, "val_dir", type=click.Path(path_type=str),
               help="Labelled images (one folder per class): benchmark images and an accuracy column.")
 @field_option(BenchOptions, "images", type=int, help="Benchmark images for the agreement check (without --val-dir).")
-@click.option("--threads", default=None, type=int, help="CPU threads for torch, ONNX Runtime and OpenVINO (default: their own).")
+@field_option(BenchOptions, "threads", type=int, help="CPU threads for torch, ONNX Runtime and OpenVINO (default: their own).")
 @field_option(BenchOptions, "min_agreement", type=float,
               help="Top-1 agreement with eager fp32 that the recommended row needs.")
-@click.option("--out", default=None, type=click.Path(path_type=str),
+@field_option(BenchOptions, "out", type=click.Path(path_type=str),
               help="Folder for bench.json/csv/md/png [default: bench/<date-time>].")
-def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_dir, images, threads, min_agreement, out):
+def bench(targets, out, **fields):
     """Benchmark eager PyTorch against every exported form of one model.
 
     TARGET is a checkpoint or run folder (PyTorch rows: eager, eager-fp16/bf16, compile)
@@ -72,17 +69,12 @@ def bench(targets, device, backends, batch_sizes, warmup, seconds, iters, val_di
       tl bench serve exports/x/model.onnx   # tl serve under load (see tl bench serve --help)
     """
     import time
-    from pathlib import Path
 
     from tl.benchmarks.matrix import run
     from tl.console import RichReporter, print_table
 
     out_dir = Path(out) if out else Path("bench") / time.strftime("%Y%m%d-%H%M%S")
-    options = BenchOptions(
-        targets=list(targets), device=device, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
-        backends=None if backends is None else backends.split(","), warmup=warmup, seconds=seconds, iters=iters,
-        val_dir=val_dir, out=out_dir, threads=threads, images=images, min_agreement=min_agreement,
-    )
+    options = BenchOptions(targets=list(targets), out=out_dir, **fields)
     with RichReporter() as reporter:
         result = run(options, reporter=reporter)
     print_table(bench_table(result))
@@ -141,7 +133,7 @@ def bench_table(result):
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for serve_load.json, .md and .png.")
-@click.option("--concurrency", default=",".join(map(str, LoadOptions.concurrency)), show_default=True,
+@field_option(LoadOptions, "concurrency", default=_comma_default(LoadOptions, "concurrency"),
               help="Client counts, comma-separated.")
 @field_option(LoadOptions, "seconds", type=click.FloatRange(min=0.1), help="Per level in total, split over the rounds.")
 @field_option(LoadOptions, "rounds", type=click.IntRange(min=1),
@@ -160,6 +152,6 @@ def serve_load(model, out, concurrency, **kwargs):
     """
     from tl.benchmarks.serve_load import markdown, run_serve_load
 
-    levels = tuple(_int_list(concurrency, "--concurrency"))
+    levels = int_list(concurrency, "--concurrency")
     result = run_serve_load(model, LoadOptions(concurrency=levels, **kwargs), out)
     click.echo(markdown(result))
