@@ -1,7 +1,7 @@
 """What to ship: per batch size, the fastest row whose top-1 agreement with eager FP32 is high enough.
 
-The fastest form differs by machine (OpenVINO INT8 wins on AMX Xeons, ONNX Runtime INT8 on
-AMD EPYC), so the answer comes from the rows measured here, with the line that loads it.
+The fastest form differs by machine (CPU instruction sets, GPU, library versions), so the
+answer comes from the rows measured here, with the line that loads it.
 A row with no agreement (no checkpoint to compare with) cannot be recommended. Rows that
 qualify and run within ``LEVEL`` of the fastest are named beside it: at that distance a
 rerun can swap the order, so either is a fine choice.
@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from tl.benchmarks.options import TORCH_BACKENDS
+
 LEVEL = 0.03  # p50 within 3% of the fastest: "level with" it
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -79,7 +82,7 @@ def _artifact_paths(environment: dict) -> dict[str, str]:
 
 def load_lines(row: Any, paths: dict[str, str], checkpoint: str | None) -> tuple[str, str | None]:
     """(Python, CLI) that load what ``row`` measured; torch rows have no CLI (tl predict runs exports)."""
-    if row.backend in ("eager", "eager-fp16", "eager-bf16", "compile"):
+    if row.backend in TORCH_BACKENDS:
         ckpt = checkpoint or "best.pt"
         wrap = "torch.compile(model)" if row.backend == "compile" else "model"
         return (f"from tl.train.checkpoint import load_model; model = load_model({ckpt!r})[0].eval(); "

@@ -145,8 +145,8 @@ def measure(
     )
 
 
-# p90/p50 above this marks a cell as disturbed: a quiet CPU or GPU cell stays near 1.1; other
-# processes on a shared machine stretch the tail first.
+# p90/p50 above this marks a cell as disturbed: other processes on a shared machine stretch a
+# cell's slow tail before they move its median.
 DISTURBED_SPREAD = 1.3
 
 
