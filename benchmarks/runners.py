@@ -211,7 +211,7 @@ class ClassifierRunner(Runner):
         t0 = time.perf_counter()
         self.clf = Classifier.load(self.path, backend=self.backend,
                                    providers=[self.provider] if self.backend == "ort" else None,
-                                   intra_op_threads=self.threads, precision=self.ov_precision)
+                                   intra_op_threads=self.threads, inference_precision=self.ov_precision)
         load_s = time.perf_counter() - t0
         if self.backend == "openvino" and self.clf.precision != self.precision:
             raise SkipCell(f"OpenVINO runs {self.clf.precision} here, not {self.precision}")
