@@ -315,10 +315,11 @@ def test_sigterm_drains_queued_requests(model_file, clf):
 
 
 def test_queue_full_is_refused():
-    """The batcher's bounded queue: one request running, ``queue`` waiting, the next one is refused."""
+    """The batcher's bounded queue: one request running, ``queue_limit`` waiting, the next one is refused."""
     import asyncio
 
-    from tl.runtime.serve.batcher import Batcher, QueueFull
+    from tl.runtime.serve.batcher import Batcher
+    from tl.runtime.serve.errors import QueueFull
 
     release = threading.Event()
 
@@ -327,7 +328,7 @@ def test_queue_full_is_refused():
         return rows * 2
 
     async def main():
-        b = Batcher(run, max_batch=1, max_delay_s=0, queue=1)
+        b = Batcher(run, max_batch=1, max_delay_s=0, queue_limit=1)
         b.start()
         first = asyncio.ensure_future(b.submit(np.ones((1, 2), np.float32)))
         while not b.waiting or b.queued:  # the first request was submitted and the model's thread runs it
@@ -383,7 +384,7 @@ def test_batcher_gathers_within_max_batch_and_drains():
     sizes = []
 
     async def main():
-        b = Batcher(lambda rows: rows + 1, max_batch=4, max_delay_s=0.05, queue=8,
+        b = Batcher(lambda rows: rows + 1, max_batch=4, max_delay_s=0.05, queue_limit=8,
                     on_batch=lambda size, waits: sizes.append((size, len(waits))))
         b.start()
         calls = [asyncio.ensure_future(b.submit(np.full((2, 1), i, np.float32))) for i in range(3)]

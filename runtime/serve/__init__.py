@@ -1,20 +1,19 @@
 """tl.runtime.serve: the Open Inference Protocol (KServe v2 REST) server with dynamic batching.
 
-Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client); never torch.
+Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client); never torch. Exports are lazy
+so that `tl --help` lists the command without importing fastapi.
 """
 
-from tl.runtime.serve.options import ServeOptions
+__all__ = ["ServeOptions", "Endpoints", "serve", "load_models", "create_app"]
 
-__all__ = ["ServeOptions", "serve", "load_models", "create_app"]
+_HOMES = {"ServeOptions": "tl.runtime.serve.options", "Endpoints": "tl.runtime.serve.endpoints",
+          "serve": "tl.runtime.serve.server", "load_models": "tl.runtime.serve.model",
+          "create_app": "tl.runtime.serve.app"}
 
 
-def __getattr__(name):  # lazy: `tl --help` lists the command without importing fastapi
-    if name in ("serve", "load_models"):
-        from tl.runtime.serve import server
+def __getattr__(name):
+    if name in _HOMES:
+        import importlib
 
-        return getattr(server, name)
-    if name == "create_app":
-        from tl.runtime.serve.app import create_app
-
-        return create_app
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'tl.runtime.serve' has no attribute {name!r}")

@@ -1,131 +1,53 @@
-"""The HTTP side: Open Inference Protocol v2 REST routes on FastAPI, /metrics, and the protocol's errors.
+"""The HTTP transport: Open Inference Protocol v2 REST routes on FastAPI over an Endpoints object, and /metrics.
 
-Every error is ``{"error": "..."}``: 400 a bad request, 404 an unknown model or version,
-413 a body over the limit, 503 not ready or a full queue.
+Every error is ``{"error": "..."}`` with the HTTP status tl.runtime.serve.errors gives it:
+400 a bad request, 404 an unknown model or version, 413 a body over the limit, 503 not
+ready or a full queue, 500 a bug.
 """
 
 from __future__ import annotations
 
 import re
-import time
 import zlib
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tl.runtime.serve.batcher import QueueFull
-from tl.runtime.serve.metrics import Metrics
-from tl.runtime.serve.model import ServedModel
-from tl.runtime.serve.protocol import BadRequest, encode_response, parse_request
+from tl.runtime.serve.endpoints import Endpoints
+from tl.runtime.serve.errors import BadRequest, ServeError, TooLarge, status_of
 
-EXTENSIONS = ["binary_tensor_data", "classification"]
-OFFLOAD_BYTES = 256 * 1024
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+WBITS = {"identity": 0, "": 0, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-class NotFound(Exception):
-    """Answered 404."""
-
-
-class TooLarge(Exception):
-    """Answered 413."""
-
-
-def create_app(models: list[ServedModel], *, max_body: int, version: str = "0") -> FastAPI:
-    """The app for already loaded models; their batchers start and drain with the app's lifespan."""
-    metrics, by_name = Metrics(), {m.name: m for m in models}
-    state = {"ready": False}
-
+def create_app(endpoints: Endpoints) -> FastAPI:
+    """The routes over ``endpoints``; its batchers start and drain with the app's lifespan."""
     @asynccontextmanager
     async def lifespan(app):
-        for m in models:
-            m.batcher.on_batch = metrics.on_batch(m.name, m.version)
-            m.batcher.start()
-            metrics.pending.labels(m.name, m.version).set_function(lambda b=m.batcher: b.waiting)
-        state["ready"] = True
+        await endpoints.start()
         yield
-        state["ready"] = False  # drain: uvicorn has answered every open request; finish what is queued
-        for m in models:
-            await m.batcher.close()
+        await endpoints.stop()  # drain: uvicorn has answered every open request; finish what is queued
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     _errors(app)
-
-    def model(name: str, version: str | None = None) -> ServedModel:
-        m = by_name.get(name)
-        if m is None:
-            raise NotFound(f"unknown model '{name}'; this server has: {', '.join(sorted(by_name))}")
-        if version not in (None, "", m.version):
-            raise NotFound(f"model '{name}' has no version '{version}' here (serving version {m.version})")
-        return m
-
-    _routes(app, model, metrics, state, max_body=max_body, version=version)
+    _routes(app, endpoints)
     return app
 
 
-def _routes(app: FastAPI, model, metrics: Metrics, state: dict, *, max_body: int, version: str) -> None:
-    @app.get("/v2/health/live")
-    async def live():
-        return Response(status_code=200)
-
-    @app.get("/v2/health/ready")
-    async def ready():
-        return Response(status_code=200 if state["ready"] else 503)
-
-    @app.get("/v2")
-    async def server_metadata():
-        return {"name": "tl", "version": version, "extensions": EXTENSIONS}
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{ver}")
-    async def model_metadata(name: str, ver: str | None = None):
-        return model(name, ver).metadata()
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{ver}/ready")
-    async def model_ready(name: str, ver: str | None = None):
-        model(name, ver)
-        return Response(status_code=200 if state["ready"] else 503)
-
-    async def infer(name: str, ver: str | None, request: Request) -> Response:
-        return await _infer(model(name, ver), request, metrics, max_body, state)
-
-    async def infer_route(request: Request) -> Response:
-        return await infer(request.path_params["name"], request.path_params.get("ver"), request)
-
-    # The hot route is a plain Starlette route (FastAPI's per-request dependency solving for the path
-    # parameters took a fifth of the event loop's time under load, py-spy at 32 clients); `tl serve`
-    # goes further and answers it in front of the middleware stack (with_fast_infer).
-    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{ver}/infer"):
-        app.add_route(path, infer_route, methods=["POST"])
-    app.state.infer = infer
-
-    @app.get("/metrics")
-    async def prometheus():
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
-
-
-INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
-
-
-def with_fast_infer(app: FastAPI):
+def with_fast_infer(app: FastAPI, endpoints: Endpoints):
     """ASGI app: POST .../infer answered directly (same handler, same errors), everything else by ``app``.
 
-    Under load the middleware and routing layers around each request cost the event loop about as
-    much as the handler itself, and on a small box the event loop shares the cores with the model.
+    The middleware and routing layers around each request are event-loop time the infer handler
+    does not need, and on a small box the event loop shares the cores with the model.
     """
-    infer = app.state.infer
-
     async def asgi(scope, receive, send):
         hit = INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if hit is None:
             return await app(scope, receive, send)
         try:
-            response = await infer(hit[1], hit[2], Request(scope, receive))
+            response = await infer(endpoints, hit[1], hit[2], Request(scope, receive))
         except Exception as e:  # noqa: BLE001 - the protocol's error body, as the app's handlers give it
             response = error_response(e)
         await response(scope, receive, send)
@@ -133,24 +55,53 @@ def with_fast_infer(app: FastAPI):
     return asgi
 
 
-async def _infer(m: ServedModel, request: Request, metrics: Metrics, max_body: int, state: dict) -> Response:
-    """Read, parse, batch, answer; count the request, its failure and its time."""
-    labels = (m.name, m.version)
-    metrics.requests.labels(*labels).inc()
-    start = time.perf_counter()
-    try:
-        if not state["ready"]:
-            raise QueueFull("the server is not ready")
-        body = await _read_body(request, max_body)
-        args = (body, request.headers.get("inference-header-content-length"))
-        # A large body (a JSON tensor of many floats) is parsed off the event loop; a small one is not worth the hop.
-        parsed = await run_in_threadpool(parse_request, *args) if len(body) > OFFLOAD_BYTES else parse_request(*args)
-        header, outputs = await m.infer(parsed)
-    except Exception as e:
-        metrics.failures.labels(*labels, str(_status(e))).inc()
-        raise
-    body, header_length = encode_response(header, outputs)
-    metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+def _routes(app: FastAPI, endpoints: Endpoints) -> None:
+    @app.get("/v2/health/live")
+    async def live():
+        return _ok(endpoints.live())
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return _ok(endpoints.ready())
+
+    @app.get("/v2")
+    async def server_metadata():
+        return endpoints.server_metadata()
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{ver}")
+    async def model_metadata(name: str, ver: str | None = None):
+        return endpoints.model_metadata(name, ver)
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{ver}/ready")
+    async def model_ready(name: str, ver: str | None = None):
+        return _ok(endpoints.model_ready(name, ver))
+
+    async def infer_route(request: Request) -> Response:
+        return await infer(endpoints, request.path_params["name"], request.path_params.get("ver"), request)
+
+    # The hot route is a plain Starlette route: FastAPI's per-request dependency solving for the path
+    # parameters is event-loop time under load. `tl serve` goes further and answers it in front of the
+    # middleware stack (with_fast_infer).
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{ver}/infer"):
+        app.add_route(path, infer_route, methods=["POST"])
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(endpoints.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _ok(yes: bool) -> Response:
+    return Response(status_code=200 if yes else 503)
+
+
+async def infer(endpoints: Endpoints, name: str, version: str | None, request: Request) -> Response:
+    """One POST .../infer: the body and its header length in, the protocol's response out."""
+    body, header_length = await endpoints.infer(name, version, lambda: _read_body(request, endpoints.max_body),
+                                                request.headers.get("inference-header-content-length"))
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream",
@@ -180,19 +131,10 @@ async def _read_body(request: Request, max_body: int) -> bytes:
     return b"".join(chunks)
 
 
-WBITS = {"identity": 0, "": 0, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-STATUS = {BadRequest: 400, NotFound: 404, TooLarge: 413, QueueFull: 503}
-
-
-def _status(e: Exception) -> int:
-    return next((code for cls, code in STATUS.items() if isinstance(e, cls)), 500)
-
-
 def error_response(e: Exception) -> JSONResponse:
-    """The protocol's error body, with the status STATUS gives ``e`` (500 for a bug)."""
-    return JSONResponse({"error": str(e)}, status_code=_status(e))
+    """The protocol's error body, with the HTTP status of ``e``'s row in the error table (500 for a bug)."""
+    status = status_of(e)
+    return JSONResponse({"error": status.message}, status_code=status.http)
 
 
 def _errors(app: FastAPI) -> None:
@@ -203,7 +145,6 @@ def _errors(app: FastAPI) -> None:
     async def http(request, e: HTTPException):
         return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
 
-    for cls in STATUS:
-        app.add_exception_handler(cls, ours)
+    app.add_exception_handler(ServeError, ours)
     app.add_exception_handler(HTTPException, http)
     app.add_exception_handler(Exception, ours)

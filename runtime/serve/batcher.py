@@ -5,8 +5,8 @@ One Batcher per model. ``submit`` (on the event loop) puts a request's rows on a
 waiting request, gathers more until ``max_batch`` rows or ``max_delay`` has passed, runs the
 batch and hands each request its rows back on the event loop. The next batch is gathered by
 that thread as soon as the last one ends, so the model never waits for the event loop, which
-is busy with HTTP under load (the batch loop on the event loop left the model idle a fifth
-of the time at 32 clients). ``close`` stops taking requests and answers everything queued first.
+is busy with the transport under load. ``close`` stops taking requests and answers everything
+queued first.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-
-class QueueFull(Exception):
-    """The model's queue holds ``queue`` requests already."""
+from tl.runtime.serve.errors import QueueFull, Unavailable
 
 
 @dataclass
@@ -33,11 +31,13 @@ class _Item:
 
 
 class Batcher:
+    """``on_batch(size, waits)`` hears of each batch run: its rows and how long each request waited."""
+
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int, max_delay_s: float,
-                 queue: int, on_batch: Callable[[int, list[float]], None] | None = None):
+                 queue_limit: int, on_batch: Callable[[int, list[float]], None] | None = None):
         self.run, self.max_batch, self.max_delay_s = run, max(1, int(max_batch)), max(0.0, float(max_delay_s))
         self.on_batch = on_batch or (lambda size, waits: None)
-        self.limit = max(1, int(queue))
+        self.queue_limit = max(1, int(queue_limit))
         self.queue: deque[_Item] = deque()  # guarded by self.cond
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -60,9 +60,9 @@ class Batcher:
         item = _Item(rows, asyncio.get_running_loop().create_future())
         with self.cond:
             if self.closing:
-                raise QueueFull("the server is shutting down")
-            if len(self.queue) >= self.limit:
-                raise QueueFull(f"the queue is full ({self.limit} requests waiting); retry later")
+                raise Unavailable("the server is shutting down")
+            if len(self.queue) >= self.queue_limit:
+                raise QueueFull(f"the queue is full ({self.queue_limit} requests waiting); retry later")
             self.queue.append(item)
             self.cond.notify()
         self.waiting += 1

@@ -1,8 +1,11 @@
-"""One served model: its Classifier, its batcher, its metadata, and the infer call between them."""
+"""One served model: its Classifier, its batcher, its metadata, and the infer call between them;
+``load_models``: every model a file or repository holds, ready to serve."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -12,19 +15,36 @@ from tl.runtime.artifact import SPEC_KEY
 from tl.runtime.classifier import DEFAULT_BATCH_SIZE, Classifier
 from tl.runtime.errors import TLError
 from tl.runtime.serve.batcher import Batcher
-from tl.runtime.serve.protocol import BadRequest, InferRequest, Requested, Tensor, classify, join_bytes
-from tl.runtime.serve.repository import ModelEntry
+from tl.runtime.serve.errors import BadRequest
+from tl.runtime.serve.options import ServeOptions
+from tl.runtime.serve.protocol import InferRequest, Requested, Tensor, classify, join_bytes
+from tl.runtime.serve.repository import ModelEntry, find_models
+
+if TYPE_CHECKING:
+    from tl.runtime.serve.metrics import Metrics
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "openvino": "openvino"}
 
 
+def load_models(source: str | Path, options: ServeOptions, metrics: Metrics | None = None) -> list[ServedModel]:
+    """Every model the source holds, loaded into a Classifier and given a batcher (whose batches ``metrics`` counts)."""
+    served = []
+    for entry in find_models(source, options.name):
+        clf = Classifier.load(entry.path, backend=options.backend, providers=options.providers,
+                              device=options.device, intra_op_threads=options.threads)
+        on_batch = metrics.on_batch(entry.name, entry.version) if metrics is not None else None
+        served.append(ServedModel(entry, clf, max_batch=options.max_batch, max_delay_ms=options.max_delay_ms,
+                                  queue_limit=options.queue, on_batch=on_batch))
+    return served
+
+
 class ServedModel:
     def __init__(self, entry: ModelEntry, clf: Classifier, *, max_batch: int | None, max_delay_ms: float,
-                 queue: int):
+                 queue_limit: int, on_batch: Callable[[int, list[float]], None] | None = None):
         self.entry, self.clf = entry, clf
         self.max_batch = int(max_batch or entry.max_batch or clf.max_batch or DEFAULT_BATCH_SIZE)
         self.batcher = Batcher(clf.predict_logits, max_batch=self.max_batch, max_delay_s=max_delay_ms / 1000,
-                               queue=queue)
+                               queue_limit=queue_limit, on_batch=on_batch)
 
     @property
     def name(self) -> str:

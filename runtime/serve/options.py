@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tl.runtime.errors import require
+
 
 @dataclass
 class ServeOptions:
@@ -20,3 +22,14 @@ class ServeOptions:
     device: int = 0
     name: str | None = None  # the model's name when serving one file (default: file name without suffix)
     max_body_mb: float = 64.0  # larger request bodies are refused (413) before they are read
+
+    def __post_init__(self) -> None:
+        lows = (("--max-batch", self.max_batch, 1), ("--queue", self.queue, 1), ("--max-delay-ms", self.max_delay_ms, 0),
+                ("--port", self.port, 0), ("--max-body-mb", self.max_body_mb, 0))
+        require(*((value is None or value >= low, f"{flag} must be at least {low} (got {value})")
+                  for flag, value, low in lows),
+                (self.port <= 65535, f"--port must be at most 65535 (got {self.port})"))
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tl.runtime.serve.errors import BadRequest
+
 DTYPES = {"FP32": np.float32}  # the model's tensor input; BYTES (encoded images) is handled apart
-
-
-class BadRequest(Exception):
-    """Answered 400 with ``{"error": message}``."""
 
 
 @dataclass

@@ -8,32 +8,6 @@ from typing import Callable
 
 from tl.runtime.errors import TLError
 from tl.runtime.serve.options import ServeOptions
-from tl.runtime.serve.repository import find_models
-
-
-def load_models(source: str | Path, options: ServeOptions) -> list:
-    """Every model the source holds, loaded into a Classifier and given a batcher."""
-    from tl.runtime.classifier import Classifier
-    from tl.runtime.serve.model import ServedModel
-
-    _check(options)
-    served = []
-    for entry in find_models(source, options.name):
-        clf = Classifier.load(entry.path, backend=options.backend, providers=options.providers,
-                              device=options.device, intra_op_threads=options.threads)
-        served.append(ServedModel(entry, clf, max_batch=options.max_batch, max_delay_ms=options.max_delay_ms,
-                                  queue=options.queue))
-    return served
-
-
-def _check(options: ServeOptions) -> None:
-    for what, value, low in (("--max-batch", options.max_batch, 1), ("--queue", options.queue, 1),
-                             ("--max-delay-ms", options.max_delay_ms, 0), ("--port", options.port, 0),
-                             ("--max-body-mb", options.max_body_mb, 0)):
-        if value is not None and not value >= low:
-            raise TLError(f"{what} must be at least {low} (got {value})")
-    if options.port > 65535:
-        raise TLError(f"--port must be at most 65535 (got {options.port})")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -61,24 +35,23 @@ def serve(source: str | Path, options: ServeOptions | None = None,
         import uvicorn
 
         from tl.runtime.serve.app import create_app, with_fast_infer
+        from tl.runtime.serve.endpoints import Endpoints
     except ImportError as e:
         raise TLError(f"tl serve needs the serve extra ({e.name} is not installed): pip install 'tl[serve]'") from None
     options = options or ServeOptions()
-    models = load_models(source, options)
+    endpoints = Endpoints.load(source, options, version=_version())
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
-    app = create_app(models, max_body=int(options.max_body_mb * 1024 * 1024), version=_version())
-    config = uvicorn.Config(with_fast_infer(app), log_level="warning", access_log=False, lifespan="on",
-                            timeout_keep_alive=30)
+    config = uvicorn.Config(with_fast_infer(create_app(endpoints), endpoints), log_level="warning", access_log=False,
+                            lifespan="on", timeout_keep_alive=30)
     server = _server_class()(config)
     if on_ready:
-        on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", models)
+        on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", list(endpoints.models.values()))
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        for m in models:
-            m.clf.close()
+        endpoints.close()
 
 
 def _server_class():
