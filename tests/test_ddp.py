@@ -20,7 +20,7 @@ import torch
 from conftest import REPO, assert_user_error, run_tl_subprocess, sigint_default
 from tl.runtime.progress import SILENT
 from tl.train import TrainOptions, fit
-from tl.train.checkpoint import load_model
+from tl.train.checkpoint import load_checkpoint, load_model
 
 RUN_FILES = {"best.pt", "last.pt", "metrics.jsonl", "history.png", "confusion.png", "batch.png", "spec.json"}
 # SqueezeNet 1.1 has no BatchNorm, and --dropout 0 turns its one dropout layer off; with no random
@@ -90,8 +90,8 @@ def test_weights_equal_one_process_at_the_same_global_batch(two_process_run, ddp
 @pytest.mark.slow  # shares the 2-process launch (~25 s)
 def test_validation_metrics_equal_a_single_process_evaluation(two_process_run):
     """Each rank scores its own shard (no padded repeats); the all-reduced figures are one process's."""
-    from tl.train.engine import evaluate
     from tl.train.data import ImageFileDataset
+    from tl.train.epoch import evaluate
     from tl.train.transforms import eval_transform
 
     out, _ = two_process_run
@@ -158,7 +158,7 @@ def test_killed_rank_ends_the_other_and_its_last_pt_resumes_in_one_process(ddp_d
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["interrupted"] is True
     # A 2-process last.pt continues in one process.
-    r = fit(TrainOptions.for_resume(out / "last.pt", epochs=last["epoch"] + 1, progress=False))
+    r = fit(TrainOptions.for_resume(load_checkpoint(out / "last.pt"), epochs=last["epoch"] + 1, progress=False))
     assert r.epochs_run == last["epoch"] + 1 and not r.interrupted
 
 

@@ -66,9 +66,9 @@ def test_eval_transform_structure():
     assert shorter.transforms.transforms[0].size == 73  # round(64 / 0.875)
 
 
-def test_seed_preset_is_the_blogs_pipeline_fixed():
+def test_jitter_preset_is_the_blogs_pipeline_fixed():
     spec = ModelSpec.create(arch="vgg16", classes=["a", "b"], image_size=48)
-    steps = train_transform(spec, augment="seed").transforms.transforms
+    steps = train_transform(spec, augment="jitter").transforms.transforms
     assert [type(t) for t in steps] == [T.Resize, T.ColorJitter, T.RandomAffine, T.ToTensor, T.Normalize]
     resize, jitter, affine = steps[0], steps[1], steps[2]
     assert resize.size == (48, 48)
@@ -78,7 +78,7 @@ def test_seed_preset_is_the_blogs_pipeline_fixed():
     assert affine.shear == [-15.0, 15.0]
 
 
-@pytest.mark.parametrize("augment", ["seed", "standard", "none"])
+@pytest.mark.parametrize("augment", ["jitter", "standard", "none"])
 def test_train_presets_output_and_repeatability(photos, augment):
     spec = ModelSpec.create(arch="resnet18", classes=["a", "b"], image_size=32)
     tf = train_transform(spec, augment=augment)

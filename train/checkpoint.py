@@ -6,7 +6,6 @@ and in last.pt the optimizer/scheduler/scaler/RNG state for --resume.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,13 @@ from torch import nn
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_path
 from tl.runtime.spec import ModelSpec
+from tl.train.models import build_model, describe_mismatch
+from tl.train.safe_load import safe_load
 
 
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-
-WEIGHTS_ONLY_NOTE = "tl loads checkpoints with torch.load(weights_only=True), which never runs code from a file"
-
-
-def load_refusal(e: BaseException) -> str:
-    """Why torch.load(weights_only=True) refused a file, in one line and without torch's advice to
-    retry with weights_only=False: wrong advice for a file that may be hostile."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(e))
-    if found:
-        return f"it holds Python objects ({found.group(1)}), not only tensors and plain values"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return "it is not a file that torch.save wrote, or it is damaged"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -58,11 +45,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise TLError(f"{path} is a folder without best.pt; pass a checkpoint file")
     if not path.is_file():
         raise TLError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TLError(f"{path} is not a tl checkpoint: {load_refusal(e)}. {WEIGHTS_ONLY_NOTE}; "
-                      "give a best.pt or last.pt written by 'tl train'") from e
+    ckpt = safe_load(path, refused=f"{path} is not a tl checkpoint",
+                     advice="give a best.pt or last.pt written by 'tl train'")
     if not isinstance(ckpt, dict) or "spec" not in ckpt or "state_dict" not in ckpt:
         raise TLError(f"{path} is not a tl checkpoint (no 'spec'/'state_dict'); train one with 'tl train'")
     ckpt["path"] = str(path)
@@ -71,8 +55,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Checkpoint -> (eval-mode model on device, its ModelSpec, the checkpoint dict)."""
-    from tl.train.models import build_model, describe_mismatch
-
     ckpt = load_checkpoint(path)
     spec = ModelSpec.from_dict(ckpt["spec"])
     model = build_model(spec.arch, spec.num_classes, weights="none")

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from tl.runtime.errors import TLError, debug_enabled
-from tl.train.engine import resolve_device
+from tl.train.epoch import torch_device
 from tl.train.options import parse_device
 
 # How long a rank waits in a collective for the others. It must outlast the longest stretch one
@@ -82,7 +82,7 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 def rank_device(option: str, ranks: Ranks, *, sync_bn: bool = False) -> torch.device:
     """One process: --device as given. DDP: the CPU (gloo), or cuda:LOCAL_RANK (nccl, one GPU per local rank)."""
     if not ranks.distributed:
-        return resolve_device(option)
+        return torch_device(option)
     kind, index = parse_device(option)
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         if sync_bn:
@@ -91,7 +91,7 @@ def rank_device(option: str, ranks: Ranks, *, sync_bn: bool = False) -> torch.de
     if index is not None:
         raise TLError(f"--device {option}: with several processes each rank uses cuda:LOCAL_RANK; "
                       "pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
-    resolve_device("cuda")  # the error when there is no CUDA
+    torch_device("cuda")  # the error when there is no CUDA
     count = torch.cuda.device_count()
     if ranks.local_rank >= count:
         raise TLError(f"local rank {ranks.local_rank} has no GPU of its own: this machine has {count}; "

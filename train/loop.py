@@ -3,7 +3,7 @@
 Keeps the seed's defaults (VGG16, SGD 0.001/0.9, StepLR 7/0.1, batch 8, 25 epochs, keep
 the best val weights) and fixes its bugs (validation on the val loader, the right head).
 `fit` is the list of steps (join the DDP group if torchrun started ranks, check a resume, set
-up, restore, run the epochs, finish); the per-batch work lives in tl.train.engine, what a DDP
+up, restore, run the epochs, finish); the per-batch work lives in tl.train.epoch, what a DDP
 rank adds in tl.train.distributed (only rank 0 reports and writes the run folder). Progress and messages go to the reporter it is
 given; it prints nothing, so a notebook or a server can call it silently.
 """
@@ -32,7 +32,7 @@ from tl.train.data import ImageFileDataset, RunData, prepare_data
 from tl.train.distributed import (Ranks, is_peer_failure, per_rank_batch, process_group, rank_device, ranks_from_env,
                                   share_from_main, sigterm_raises, signals_held, sum_across_ranks, train_sampler,
                                   val_shard, wrap_model)
-from tl.train.engine import amp_dtype, evaluate, per_class_metrics, train_one_epoch
+from tl.train.epoch import amp_dtype, evaluate, per_class_metrics, train_one_epoch
 from tl.train.interrupts import interrupts_caught, interrupts_held, raise_if_interrupted
 from tl.train.models import build_model, freeze, set_dropout
 from tl.train.options import TrainOptions

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from tl.runtime.errors import TLError
-from tl.train.options import ARCHS, FREEZE  # noqa: F401  (defined torch-free, for `tl --help`)
+from tl.train.options import ARCHS, FREEZE
+from tl.train.safe_load import safe_load
 
 
 def head_path(arch: str) -> tuple[str, int | None]:
@@ -118,7 +119,7 @@ def set_dropout(model: nn.Module, arch: str, p: float | None) -> None:
 def guess_arch(state: dict) -> str | None:
     """The architecture in ARCHS whose tensors (names and shapes, head aside) ``state`` holds, if any.
 
-    Models are built on the meta device: shapes only, no memory, under a second for all.
+    Models are built on the meta device: shapes only, no memory.
     """
     import torchvision
 
@@ -145,15 +146,10 @@ def describe_mismatch(state: dict, arch: str) -> str:
 
 
 def _load_weights_file(model: nn.Module, arch: str, path: Path) -> None:
-    from tl.train.checkpoint import WEIGHTS_ONLY_NOTE, load_refusal
-
     if not path.is_file():
         raise TLError(f"--weights: file not found: {path} (use 'imagenet', 'none' or a state_dict file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TLError(f"--weights: {path} is not a loadable state_dict: {load_refusal(e)}. {WEIGHTS_ONLY_NOTE}; "
-                      "give torch.save(model.state_dict(), PATH) of a torchvision model, 'imagenet' or 'none'") from e
+    state = safe_load(path, refused=f"--weights: {path} is not a loadable state_dict",
+                      advice="give torch.save(model.state_dict(), PATH) of a torchvision model, 'imagenet' or 'none'")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -11,10 +11,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from tl.runtime.errors import TLError, require
 from tl.runtime.spec import INTERPOLATIONS, RESIZE_MODES
+
+__all__ = ["ARCHS", "AUGMENT_ALIASES", "AUGMENTS", "FREEZE", "INTERPOLATIONS", "OPTIMIZERS", "RESIZE_MODES",
+           "SCHEDULERS", "SynthOptions", "TrainOptions", "parse_device"]
 
 ARCHS = (
     "vgg11", "vgg13", "vgg16", "vgg19",
@@ -24,7 +27,10 @@ ARCHS = (
     "efficientnet_b0",
     "squeezenet1_1",
 )
-AUGMENTS = ("seed", "standard", "none")
+# jitter: the seed blog post's Resize + ColorJitter + RandomAffine. "seed" is another name for it,
+# accepted but not listed: scripts pass --augment seed, and existing checkpoints hold it in their args.
+AUGMENTS = ("jitter", "standard", "none")
+AUGMENT_ALIASES = {"seed": "jitter"}
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine")
 FREEZE = ("none", "features")
@@ -49,7 +55,6 @@ class SynthOptions:
     val_fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        """Checked when built, so the CLI refuses before it creates any folder."""
         checks = (
             (2 <= self.classes <= len(SHAPES), f"--classes must be between 2 and {len(SHAPES)} (got {self.classes})"),
             (2 <= self.per_class <= MAX_PER_CLASS,
@@ -58,10 +63,6 @@ class SynthOptions:
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
         )
         require(*checks)
-
-
-__all__ = ["ARCHS", "AUGMENTS", "FREEZE", "INTERPOLATIONS", "OPTIMIZERS", "RESIZE_MODES", "SCHEDULERS",
-           "SynthOptions", "TrainOptions", "parse_device"]
 
 
 def parse_device(name: str) -> tuple[str, int | None]:
@@ -89,7 +90,7 @@ class TrainOptions:
     resize_mode: str = "squash"
     resize_size: int | None = None
     interpolation: str = "bilinear"
-    augment: str = "seed"
+    augment: str = "jitter"
     epochs: int = 25
     batch_size: int = 8
     optimizer: str = "sgd"
@@ -115,17 +116,17 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.data is None:
             raise TLError("no data folder given: tl train DATA (a folder of class sub-folders)")
+        self.augment = AUGMENT_ALIASES.get(self.augment, self.augment)
         self._check_choices()
         self._check_numbers()
         parse_device(self.device)
 
     def _check_choices(self) -> None:
-        for name, allowed in (("arch", ARCHS), ("freeze", FREEZE), ("augment", AUGMENTS),
-                              ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                              ("resize_mode", RESIZE_MODES), ("interpolation", INTERPOLATIONS)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise TLError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {value!r})")
+        choices = (("arch", ARCHS), ("freeze", FREEZE), ("augment", AUGMENTS), ("optimizer", OPTIMIZERS),
+                   ("scheduler", SCHEDULERS), ("resize_mode", RESIZE_MODES), ("interpolation", INTERPOLATIONS))
+        require(*((getattr(self, name) in allowed,
+                   f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+                  for name, allowed in choices))
 
     def _check_numbers(self) -> None:
         checks = (
@@ -153,17 +154,18 @@ class TrainOptions:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def for_resume(cls, checkpoint: str | Path, **overrides: Any) -> "TrainOptions":
-        """The options a run was started with (from its last.pt), with ``overrides`` applied."""
-        from tl.train.checkpoint import load_checkpoint  # torch: only when a run is resumed
+    def for_resume(cls, saved: Mapping[str, Any], **overrides: Any) -> "TrainOptions":
+        """The options the run of ``saved`` was started with, with ``overrides`` applied.
 
-        ckpt = load_checkpoint(checkpoint)
+        ``saved`` is its last.pt as tl.train.checkpoint.load_checkpoint returns it (with its
+        "path"): loading it takes torch, and this module stays torch-free for `tl --help`.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
-        args = {k: v for k, v in dict(ckpt.get("args") or {}).items() if k in names}
-        if isinstance(ckpt.get("data"), dict) and ckpt["data"].get("root"):
-            args["data"] = ckpt["data"]["root"]  # absolute: resuming from another folder still works
+        args = {k: v for k, v in dict(saved.get("args") or {}).items() if k in names}
+        if isinstance(saved.get("data"), dict) and saved["data"].get("root"):
+            args["data"] = saved["data"]["root"]  # absolute: resuming from another folder still works
         args.update(overrides)
-        args["resume"] = str(checkpoint)
+        args["resume"] = overrides.get("resume") or saved["path"]
         if overrides.get("out") is None:
-            args["out"] = str(Path(ckpt["path"]).parent)
+            args["out"] = str(Path(saved["path"]).parent)
         return cls(**args)

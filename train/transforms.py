@@ -14,7 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
-from tl.train.options import AUGMENTS  # noqa: F401  (defined torch-free, for `tl --help`)
+from tl.train.options import AUGMENTS
 
 _INTERPOLATION = {
     "nearest": InterpolationMode.NEAREST,
@@ -50,8 +50,8 @@ class EvalPreset:
         return self.transforms(img)
 
 
-class SeedTrainPreset:
-    """The seed's augmentation made correct: ToTensor before Normalize, `fill` not `fillcolor`."""
+class JitterTrainPreset:
+    """The seed blog post's augmentation made correct: ToTensor before Normalize, `fill` not `fillcolor`."""
 
     def __init__(self, *, spec: ModelSpec):
         h, w = spec.input.height, spec.input.width
@@ -85,10 +85,10 @@ def eval_transform(spec: ModelSpec) -> EvalPreset:
     return EvalPreset(spec=spec)
 
 
-def train_transform(spec: ModelSpec, *, augment: str = "seed") -> Callable:
-    """``--augment``: seed (the blog's pipeline, fixed), standard, or none (= eval transform)."""
-    if augment == "seed":
-        return SeedTrainPreset(spec=spec)
+def train_transform(spec: ModelSpec, *, augment: str = "jitter") -> Callable:
+    """``--augment``: jitter (the seed blog post's pipeline, fixed), standard, or none (= eval transform)."""
+    if augment == "jitter":
+        return JitterTrainPreset(spec=spec)
     if augment == "standard":
         return StandardTrainPreset(spec=spec)
     if augment == "none":

@@ -13,8 +13,8 @@ import click
 
 from tl.cli import field_option
 from tl.runtime.errors import TLError
-from tl.train.options import (ARCHS, AUGMENTS, FREEZE, INTERPOLATIONS, OPTIMIZERS, RESIZE_MODES, SCHEDULERS,
-                              TrainOptions)
+from tl.train.options import (ARCHS, AUGMENT_ALIASES, AUGMENTS, FREEZE, INTERPOLATIONS, OPTIMIZERS, RESIZE_MODES,
+                              SCHEDULERS, TrainOptions)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,6 +25,17 @@ if TYPE_CHECKING:
 
 def _option(name: str, help: str | None = None, **kwargs):
     return field_option(TrainOptions, name, help=help, **kwargs)
+
+
+class _ChoiceWithAliases(click.Choice):
+    """A choice that also takes the other names in ``aliases`` (not listed in --help); TrainOptions maps them."""
+
+    def __init__(self, choices, aliases):
+        super().__init__(choices)
+        self.aliases = aliases
+
+    def convert(self, value, param, ctx):
+        return value if value in self.aliases else super().convert(value, param, ctx)
 
 
 @click.command()
@@ -39,8 +50,8 @@ def _option(name: str, help: str | None = None, **kwargs):
 @_option("resize_mode", type=click.Choice(RESIZE_MODES),
          help="Eval/deploy resize: squash to HxW (the seed), or shorter side + center crop.")
 @_option("interpolation", type=click.Choice(INTERPOLATIONS))
-@_option("augment", type=click.Choice(AUGMENTS),
-         help="seed: Resize+ColorJitter+RandomAffine; standard: RandomResizedCrop+flip.")
+@_option("augment", type=_ChoiceWithAliases(AUGMENTS, AUGMENT_ALIASES),
+         help="jitter: Resize+ColorJitter+RandomAffine (the seed's); standard: RandomResizedCrop+flip.")
 @_option("epochs")
 @_option("batch_size")
 @_option("optimizer", type=click.Choice(OPTIMIZERS))
@@ -139,10 +150,12 @@ def _train_options(ctx: click.Context, data_dir, resume, *, progress: bool, give
         raise TLError("missing DATA: tl train DATA (a folder of class sub-folders), or --resume RUN/last.pt")
     if not resume:
         return TrainOptions(data=data_dir, progress=progress, **given)
+    from tl.train.checkpoint import load_checkpoint  # torch: only when a run is resumed
+
     changed = {k: v for k, v in given.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     if data_dir is not None:
         changed["data"] = data_dir
-    return TrainOptions.for_resume(resume, progress=progress, **changed)
+    return TrainOptions.for_resume(load_checkpoint(resume), resume=resume, progress=progress, **changed)
 
 
 def render_summary(result: "TrainResult") -> "Table":

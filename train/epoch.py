@@ -17,7 +17,7 @@ from tl.train.interrupts import raise_if_interrupted
 from tl.train.options import parse_device
 
 
-def resolve_device(name: str) -> torch.device:
+def torch_device(name: str) -> torch.device:
     """auto | cpu | cuda | cuda:N -> torch.device, with an error that says what to use instead."""
     kind, index = parse_device(name)
     if kind == "auto":
