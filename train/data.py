@@ -63,12 +63,16 @@ def _require_readable(folder: Path, what: str) -> None:
                       "make it readable (chmod -R u+rX) or remove it") from e
 
 
-def find_classes(folder: Path) -> list[str]:
-    """Class names = sub-folder names, sorted (ImageFolder's convention)."""
+def _require_data_folder(folder: Path) -> None:
     if not folder.exists():
         raise TLError(f"data folder not found: {folder}")
     if not folder.is_dir():
         raise TLError(f"{folder} is not a folder; give a folder with one sub-folder of images per class")
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Class names = sub-folder names, sorted (ImageFolder's convention)."""
+    _require_data_folder(folder)
     _require_readable(folder, "data folder")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
@@ -155,10 +159,7 @@ def stratified_split(labels: list[int], *, fraction: float, seed: int) -> tuple[
 def prepare_data(root: str | os.PathLike, *, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False) -> RunData:
     """Find classes and files: ROOT/train + ROOT/val, else a stratified split of ROOT/<class>/."""
     root = Path(root).expanduser()
-    if not root.exists():
-        raise TLError(f"data folder not found: {root}")
-    if not root.is_dir():
-        raise TLError(f"{root} is not a folder; give a folder with one sub-folder of images per class")
+    _require_data_folder(root)
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() and val_dir.is_dir():
         classes = find_classes(train_dir)

@@ -260,7 +260,7 @@ def _make_scheduler(o: TrainOptions, optimizer: torch.optim.Optimizer):
 def _worker_start(workers: int) -> str | None:
     """How DataLoader workers start: forked (the default, fast) unless OpenVINO already runs in this
     process. Forking after OpenVINO's CPU plugin started its threads kills the process with SIGSEGV
-    (seen when a bench or an OpenVINO Classifier ran before fit in one Python process); a forkserver
+    (as when a bench or an OpenVINO Classifier runs before fit in one Python process); a forkserver
     starts each worker from a clean process instead, at the cost of importing torch there."""
     import sys
 
