@@ -55,7 +55,7 @@ def two_process_run(ddp_data, tmp_path_factory):
     return out, r
 
 
-@pytest.mark.slow  # shares the 2-process launch (~25 s)
+@pytest.mark.slow  # shares the 2-process launch
 def test_two_processes_write_one_run_folder(two_process_run):
     out, r = two_process_run
     assert {p.name for p in out.iterdir()} == RUN_FILES
@@ -68,7 +68,7 @@ def test_two_processes_write_one_run_folder(two_process_run):
     assert not any(k.startswith("module.") for k in state)  # the unwrapped model: export and --weights as ever
 
 
-@pytest.mark.slow  # shares the 2-process launch (~25 s)
+@pytest.mark.slow  # shares the 2-process launch
 def test_weights_equal_one_process_at_the_same_global_batch(two_process_run, ddp_data, tmp_path):
     """The average of the ranks' mean gradients is the mean gradient of the global batch."""
     out, _ = two_process_run
@@ -87,7 +87,7 @@ def test_weights_equal_one_process_at_the_same_global_batch(two_process_run, ddp
     assert moved > 1e-3  # training did move the weights: the equality above is not of two untouched inits
 
 
-@pytest.mark.slow  # shares the 2-process launch (~25 s)
+@pytest.mark.slow  # shares the 2-process launch
 def test_validation_metrics_equal_a_single_process_evaluation(two_process_run):
     """Each rank scores its own shard (no padded repeats); the all-reduced figures are one process's."""
     from tl.train.data import ImageFileDataset
