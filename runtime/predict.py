@@ -18,7 +18,7 @@ from tl.runtime.errors import TLError, require
 from tl.runtime.progress import SILENT, Reporter
 
 if TYPE_CHECKING:  # numpy and Pillow load with the classifier, not with the options (`tl --help`)
-    from tl.runtime.classifier import Prediction
+    from tl.runtime.classifier import Classifier, Prediction
 
 
 @dataclass(frozen=True)
@@ -81,23 +81,27 @@ def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
     return found
 
 
-def predict_files(options: PredictOptions, *, inputs: Inputs | None = None,
-                  reporter: Reporter = SILENT) -> PredictResult:
-    """Load the model and classify every image, ``batch_size`` at a time."""
-    import numpy as np
-
+def load_classifier(options: PredictOptions) -> "Classifier":
+    """The model as the options ask for it (backend, providers, device, spec, threads)."""
     from tl.runtime.classifier import Classifier
-    from tl.runtime.images import preprocess_one
 
     o = options
-    found = inputs if inputs is not None else collect_inputs(o.paths)
-    clf = Classifier.load(o.model, backend=o.backend, providers=o.providers, device=o.device, spec=o.spec,
-                          intra_op_threads=o.threads, inference_precision=o.inference_precision)
+    return Classifier.load(o.model, backend=o.backend, providers=o.providers, device=o.device, spec=o.spec,
+                           intra_op_threads=o.threads, inference_precision=o.inference_precision)
+
+
+def classify_inputs(clf: "Classifier", found: Inputs, options: PredictOptions, *,
+                    reporter: Reporter = SILENT) -> PredictResult:
+    """Classify every image, ``batch_size`` at a time; an unreadable one is a warning and a failure."""
+    import numpy as np
+
+    from tl.runtime.images import preprocess_one
+
     preds: list[Prediction] = []
     failures: list[tuple[Path, str]] = []
-    with clf, reporter.task("classifying", total=len(found.images)) as task:
-        for start in range(0, len(found.images), o.batch_size):
-            chunk = found.images[start:start + o.batch_size]
+    with reporter.task("classifying", total=len(found.images)) as task:
+        for start in range(0, len(found.images), options.batch_size):
+            chunk = found.images[start:start + options.batch_size]
             arrays, ok = [], []
             for f in chunk:
                 try:
@@ -107,6 +111,13 @@ def predict_files(options: PredictOptions, *, inputs: Inputs | None = None,
                     failures.append((f, str(e)))
                     reporter.warning(str(e))
             if arrays:
-                preds += clf.postprocess(clf.predict_logits(np.stack(arrays)), top_k=o.top_k, sources=ok)
+                preds += clf.postprocess(clf.predict_logits(np.stack(arrays)), top_k=options.top_k, sources=ok)
             task.advance(len(chunk))
-        return PredictResult(preds, failures, found, clf.path.name, clf.backend_name, clf.precision, clf.providers)
+    return PredictResult(preds, failures, found, clf.path.name, clf.backend_name, clf.precision, clf.providers)
+
+
+def predict_files(options: PredictOptions, *, reporter: Reporter = SILENT) -> PredictResult:
+    """Find the images under ``options.paths``, load the model, classify them all."""
+    found = collect_inputs(options.paths)
+    with load_classifier(options) as clf:
+        return classify_inputs(clf, found, options, reporter=reporter)

@@ -53,7 +53,7 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
       tl predict model.fp16.plan a.jpg b.png --format json
     """
     from tl.console import RichReporter, stderr_console
-    from tl.runtime.predict import collect_inputs, predict_files
+    from tl.runtime.predict import classify_inputs, collect_inputs, load_classifier
 
     if kwargs["inference_precision"] is None:
         kwargs["inference_precision"] = old_precision
@@ -61,8 +61,8 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
     found = collect_inputs(paths)
     if output is not None:
         check_output(output, model=model, spec=options.spec, paths=paths, found=found)
-    with RichReporter() as reporter:
-        result = predict_files(options, inputs=found, reporter=reporter)
+    with load_classifier(options) as clf, RichReporter() as reporter:
+        result = classify_inputs(clf, found, options, reporter=reporter)
     text = _render(result, fmt)
     if output is not None:
         from tl.runtime.files import atomic_write_text
