@@ -4,7 +4,8 @@ A file either appears complete or not at all, and a failed write is one TLError:
 published file goes through :func:`atomic_path`, every command that creates its output
 folder through :func:`ensure_output_dir`, so an unwritable folder or a full disk reads the
 same everywhere (which file or folder, and why). :func:`output_lock` keeps two commands
-from writing one folder at once.
+from writing one folder at once, and :func:`signals_deferred` keeps Ctrl-C out of the middle of
+a few renames that publish files together.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -148,6 +150,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) during a block of renames that publish files together arrives after it, not half-way."""
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

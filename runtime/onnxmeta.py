@@ -11,8 +11,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl.runtime.artifact import PRECISION_KEY
 from tl.runtime.errors import TLError
+from tl.runtime.metadata import PRECISION_KEY, PRECISIONS
 
 QUANT_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
@@ -43,7 +43,7 @@ class OnnxMeta:
     def precision(self) -> str:
         """metadata tl.precision, else the graph: Q/DQ ops -> int8, fp16 weights -> fp16, else fp32."""
         declared = self.metadata.get(PRECISION_KEY, "").lower()
-        if declared in ("fp32", "fp16", "int8"):
+        if declared in PRECISIONS:
             return declared
         if self.op_types & QUANT_OPS:
             return "int8"

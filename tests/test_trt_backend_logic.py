@@ -7,7 +7,7 @@ import pytest
 
 from tl.runtime import Classifier, TLError
 from tl.runtime.backends import entry_for
-from tl.runtime.backends.tensorrt import cuda_call, preflight
+from tl.runtime.backends.tensorrt import checked_sidecar, cuda_call
 from tl.runtime.sidecar import BuildRecord, sidecar_path, write_sidecar
 from tl.runtime.spec import ModelSpec
 
@@ -30,8 +30,8 @@ def test_suffix_registry():
     assert entry_for("m.plan", "trt").name == "tensorrt"
 
 
-def test_preflight_accepts_matching_engine(tmp_path):
-    spec, build = preflight(_engine(tmp_path), spec=None, tensorrt_version="10.3.0", compute_capability="8.7")
+def test_checked_sidecar_accepts_matching_engine(tmp_path):
+    spec, build = checked_sidecar(_engine(tmp_path), spec=None, tensorrt_version="10.3.0", compute_capability="8.7")
     assert spec == SPEC and build.max_batch == 32 and build.min_batch == 1 and build.precision == "fp16"
 
 
@@ -40,38 +40,38 @@ def test_preflight_accepts_matching_engine(tmp_path):
     ("10.3.0", "9.0", ["compute capability 8.7 (Orin)", "this GPU is 9.0"]),
     ("11.0.0", "12.0", ["TensorRT 10.3.0", "compute capability 8.7"]),
 ])
-def test_preflight_refuses_mismatch_before_deserializing(tmp_path, trt, cc, fragments):
+def test_checked_sidecar_refuses_mismatch_before_deserializing(tmp_path, trt, cc, fragments):
     with pytest.raises(TLError) as e:
-        preflight(_engine(tmp_path), spec=None, tensorrt_version=trt, compute_capability=cc)
+        checked_sidecar(_engine(tmp_path), spec=None, tensorrt_version=trt, compute_capability=cc)
     msg = str(e.value)
     assert "rebuild it on this device with 'tl export CHECKPOINT --trt'" in msg
     for f in fragments:
         assert f in msg
 
 
-def test_preflight_without_sidecar(tmp_path):
+def test_checked_sidecar_without_sidecar(tmp_path):
     plan = tmp_path / "foreign.engine"
     plan.write_bytes(b"x")
     with pytest.raises(TLError, match="no sidecar"):
-        preflight(plan, spec=None, tensorrt_version="10.3.0", compute_capability="8.7")
+        checked_sidecar(plan, spec=None, tensorrt_version="10.3.0", compute_capability="8.7")
     # with a spec the user vouches for it; nothing to compare, TensorRT itself is the check
     SPEC.save(tmp_path / "spec.json")
-    spec, build = preflight(plan, spec=tmp_path / "spec.json", tensorrt_version="10.3.0", compute_capability="8.7")
+    spec, build = checked_sidecar(plan, spec=tmp_path / "spec.json", tensorrt_version="10.3.0", compute_capability="8.7")
     assert spec == SPEC and build is None
 
 
-def test_preflight_spec_override_still_checks_sidecar(tmp_path):
+def test_checked_sidecar_spec_override_still_checks_sidecar(tmp_path):
     other = SPEC.with_(classes=("a", "b"))
     with pytest.raises(TLError, match="rebuild"):
-        preflight(_engine(tmp_path), spec=other, tensorrt_version="9.9", compute_capability="8.7")
-    assert preflight(_engine(tmp_path), spec=other, tensorrt_version="10.3.0", compute_capability="8.7")[0] == other
+        checked_sidecar(_engine(tmp_path), spec=other, tensorrt_version="9.9", compute_capability="8.7")
+    assert checked_sidecar(_engine(tmp_path), spec=other, tensorrt_version="10.3.0", compute_capability="8.7")[0] == other
 
 
 def test_broken_sidecar(tmp_path):
     plan = _engine(tmp_path)
     sidecar_path(plan).write_text('{"spec": {"arch": "vgg16"}}')
     with pytest.raises(TLError, match="not a valid tl engine sidecar|invalid model spec"):
-        preflight(plan, spec=None, tensorrt_version="10.3.0", compute_capability="8.7")
+        checked_sidecar(plan, spec=None, tensorrt_version="10.3.0", compute_capability="8.7")
 
 
 def test_cuda_call_unwraps_and_raises():

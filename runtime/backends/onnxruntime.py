@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl.runtime.artifact import MAX_BATCH_KEY, spec_from_metadata
+from tl.runtime.artifact import DEFAULT_MAX_BATCH, MAX_BATCH_KEY, spec_from_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.onnxmeta import read_onnx_meta
 from tl.runtime.spec import ModelSpec
@@ -19,7 +19,6 @@ from tl.runtime.spec import ModelSpec
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_ALIASES = {"trt": TRT_EP, "tensorrt": TRT_EP, "cuda": CUDA_EP, "gpu": CUDA_EP, "cpu": CPU_EP}
 AUTO_ORDER = (TRT_EP, CUDA_EP, CPU_EP)
-DEFAULT_PROFILE_MAX_BATCH = 32  # the exporter's default dynamic-batch bound
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -101,7 +100,7 @@ class OnnxRuntimeBackend:
 
         available = ort.get_available_providers()
         names = resolve_providers(providers, available)
-        profile_max = int(self.meta.metadata.get(MAX_BATCH_KEY, DEFAULT_PROFILE_MAX_BATCH))
+        profile_max = int(self.meta.metadata.get(MAX_BATCH_KEY, DEFAULT_MAX_BATCH))
         provider_list = []
         for name in names:
             if name == TRT_EP:

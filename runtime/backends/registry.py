@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from tl.runtime.artifact import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES
+from tl.runtime.artifact import ENGINE_SUFFIXES, MODEL_SUFFIXES, ONNX_SUFFIXES, bench_alias
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
@@ -52,8 +52,11 @@ class BackendEntry:
 
 
 REGISTRY: tuple[BackendEntry, ...] = (
-    BackendEntry("onnxruntime", "tl.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ONNX_SUFFIXES, ("ort", "onnxruntime")),
-    BackendEntry("tensorrt", "tl.runtime.backends.tensorrt", "TensorRTBackend", ENGINE_SUFFIXES, ("trt", "tensorrt")),
+    # Suffixes and short names (tl bench's) come from the table of artifact kinds.
+    BackendEntry("onnxruntime", "tl.runtime.backends.onnxruntime", "OnnxRuntimeBackend", ONNX_SUFFIXES,
+                 (bench_alias("onnxruntime"), "onnxruntime")),
+    BackendEntry("tensorrt", "tl.runtime.backends.tensorrt", "TensorRTBackend", ENGINE_SUFFIXES,
+                 (bench_alias("tensorrt"), "tensorrt")),
     # Also runs .onnx, but only when asked for: auto keeps ONNX Runtime for .onnx (first entry wins).
     BackendEntry("openvino", "tl.runtime.backends.openvino", "OpenVinoBackend", ONNX_SUFFIXES, ("openvino", "ov")),
 )

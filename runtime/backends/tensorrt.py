@@ -27,7 +27,7 @@ RUN_ONNX_INSTEAD = ("so .plan/.engine files cannot run here (on a Jetson it come
                     "run the .onnx export instead")
 
 
-def preflight(engine: Path, *, spec: ModelSpec | str | Path | None, tensorrt_version: str,
+def checked_sidecar(engine: Path, *, spec: ModelSpec | str | Path | None, tensorrt_version: str,
               compute_capability: str) -> tuple[ModelSpec, BuildRecord | None]:
     """Sidecar -> (spec, build record) after the compatibility check; pure logic, no TensorRT.
 
@@ -91,7 +91,7 @@ class TensorRTBackend:
         self.trt, self.cudart, self.device = trt, cudart, int(device)
         gpu = cuda_device(cudart, self.device)
         cc = gpu.compute_capability
-        self.spec, self.build = preflight(self.path, spec=spec, tensorrt_version=trt.__version__, compute_capability=cc)
+        self.spec, self.build = checked_sidecar(self.path, spec=spec, tensorrt_version=trt.__version__, compute_capability=cc)
         self.gpu_name = gpu.name
         self.precision = self.build.precision if self.build else precision_from_name(self.path)
         self.providers = [f"TensorRT {trt.__version__} on GPU {self.device} ({gpu.name or 'cc ' + cc})"]
