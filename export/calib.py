@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tl.export.int8 import ORT_METHODS, CalibOptions, Quantizer
+from tl.export.cpuflags import this_cpu
+from tl.export.int8 import ORT_METHODS, CalibOptions, Quantizer, quantize_int8
 from tl.export.parity import ParityImages, accuracy, artifact_logits, compare
 from tl.runtime.errors import TLError
 from tl.runtime.progress import SILENT, Reporter
@@ -112,8 +113,6 @@ def reduce_range_decision(choice: str, *, trt: bool, cpu=None) -> dict[str, Any]
     auto: on where this CPU's ONNX Runtime INT8 can saturate (no VNNI), except when model.int8.onnx
     also builds a TensorRT engine, whose GPU kernels never saturate and would lose the bit for nothing.
     """
-    from tl.runtime.cpuflags import this_cpu
-
     cpu = cpu or this_cpu()
     record = {"choice": choice, "cpu": cpu.to_dict()}
     if choice != "auto":
@@ -136,8 +135,6 @@ def quantize_for_export(ctx, src: Path, path: Path) -> dict[str, Any]:
         record = calibrate_auto(src, path, files=files, options=options, selection=selection,
                                 reference=ctx.reference[selection.rows], reporter=ctx.reporter)
     else:
-        from tl.export.int8 import quantize_int8
-
         record = quantize_int8(src, path, files=files, options=options, reporter=ctx.reporter)
     record["source"] = str(o.calib_dir) if o.calib_dir is not None else "checkpoint train data"
     record["saturation"] = saturation

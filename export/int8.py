@@ -4,7 +4,7 @@ QDQ (QuantizeLinear/DequantizeLinear pairs around FP32 ops) is the one INT8 form
 both ONNX Runtime (fused into QLinearConv/MatMulInteger kernels) and TensorRT (explicit
 quantization, the only INT8 route left in TensorRT 11) consume. Symmetric INT8 (zero
 points all 0) is what TensorRT requires. ``reduce_range`` (7-bit weights) is for x86 CPUs
-without VNNI, where ONNX Runtime's INT8 kernels can saturate (tl.runtime.cpuflags).
+without VNNI, where ONNX Runtime's INT8 kernels can saturate (tl.export.cpuflags).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tl.export.options import CALIB_METHODS
+from tl.export.onnx import save_model, set_metadata
+from tl.export.options import CALIB_METHODS, IMAGE_COUNT
+from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY, onnx_metadata, spec_from_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
@@ -31,12 +33,12 @@ ORT_METHODS = tuple(m for m in CALIB_METHODS if m != "auto")  # the ones ONNX Ru
 
 @dataclass(frozen=True)
 class CalibOptions:
-    count: int = 256
+    count: int = IMAGE_COUNT
     method: str = "minmax"
     batch_size: int = CALIB_BATCH
     seed: int = 0
     percentile: float = 99.999
-    reduce_range: bool = False  # 7-bit weights: see tl.runtime.cpuflags
+    reduce_range: bool = False  # 7-bit weights: see tl.export.cpuflags
 
 
 def calibration_images(*, calib_dir: str | Path | None, ckpt: dict[str, Any] | None, count: int, seed: int = 0) -> list[Path]:
@@ -87,7 +89,7 @@ class ImageCalibrationReader:
     tries three) does not decode the images again. ``len`` and ``set_range`` count batches: ORT's
     strided calibration (``CalibStridedMinMax``) hands its calibrator one batch at a time, so the
     activations it holds are one batch's, not every calibration image's (ORT's histogram
-    calibrators keep every output until the reader ends: VGG16 at 224 px and 256 images went past 24 GB).
+    calibrators otherwise keep every output until the reader ends: tens of GB for a large model).
     """
 
     def __init__(self, files: Sequence[Path], spec: ModelSpec, *, batch_size: int = CALIB_BATCH, task=None):
@@ -152,8 +154,6 @@ class Quantizer:
     """
 
     def __init__(self, src: str | Path, path: str | Path, *, files: Sequence[Path], options: CalibOptions):
-        from tl.runtime.artifact import onnx_metadata, spec_from_metadata
-
         self.src, self.options = Path(src), options
         self.meta = onnx_metadata(src)
         self.spec = spec_from_metadata(self.meta, src)
@@ -208,9 +208,6 @@ class Quantizer:
 
     def save(self, out: Path, path: str | Path) -> None:
         import onnx
-
-        from tl.export.onnx import save_model, set_metadata
-        from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY
 
         proto = onnx.load(str(out))
         set_metadata(proto, self.spec, "int8", self.meta.get(MAX_BATCH_KEY), self.meta.get(CHECKPOINT_KEY))

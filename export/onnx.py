@@ -11,8 +11,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from tl.export.options import TORCHSCRIPT_OPSETS
-from tl.runtime.artifact import CHECKPOINT_KEY, MAX_BATCH_KEY, PRECISION_KEY, SPEC_KEY, spec_from_metadata
+from tl.export.options import DEFAULT_OPSET, TORCHSCRIPT_OPSETS
+from tl.runtime.artifact import (
+    CHECKPOINT_KEY, DEFAULT_MAX_BATCH, MAX_BATCH_KEY, PRECISION_KEY, SPEC_KEY, spec_from_metadata,
+)
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_bytes
 from tl.runtime.spec import ModelSpec
@@ -55,8 +57,8 @@ def read_spec_and_metadata(proto, path: str | Path) -> tuple[ModelSpec, dict[str
 def save_model(model_proto, path: str | Path, *, check: bool = True) -> Path:
     """Check, then write atomically as a single file (refuses the > 2 GB case explicitly).
 
-    The model is serialized once: the checker and the file take the same bytes (for VGG16 each
-    serialization of its 537 MB is about 2 s here).
+    The model is serialized once: the checker and the file take the same bytes (serializing a
+    large model takes seconds).
     """
     import onnx
     from google.protobuf.message import EncodeError
@@ -78,7 +80,7 @@ def save_model(model_proto, path: str | Path, *, check: bool = True) -> Path:
     return Path(path)
 
 
-def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = 20, max_batch: int = 32,
+def export_onnx(model, spec: ModelSpec, path: str | Path, *, opset: int = DEFAULT_OPSET, max_batch: int = DEFAULT_MAX_BATCH,
                 checkpoint_sha256: str | None = None) -> Path:
     """Eager torch model -> ``path`` (FP32 ONNX, input "input", output "logits", dynamic batch);
     ``checkpoint_sha256`` stamps the file with the checkpoint it came from."""

@@ -9,14 +9,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tl.runtime.artifact import DEFAULT_MAX_BATCH
 from tl.runtime.errors import TLError, require
 
 CALIB_METHODS = ("minmax", "entropy", "percentile", "auto")
-REDUCE_RANGE = ("auto", "on", "off")  # 7-bit INT8 weights; auto: where ORT's INT8 can saturate (tl.runtime.cpuflags)
+REDUCE_RANGE = ("auto", "on", "off")  # 7-bit INT8 weights; auto: where ORT's INT8 can saturate (tl.export.cpuflags)
 # 17 through torch.onnx's TorchScript exporter (TensorRT 8.6 parses up to 17); 18 and up
 # through the dynamo exporter, which cannot write anything older.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 23, 20
 TORCHSCRIPT_OPSETS = (17,)
+IMAGE_COUNT = 256  # images INT8 calibration and the parity check each sample by default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,15 +37,15 @@ class ExportOptions:
     int8: bool = False
     trt: bool = False  # model.fp16.plan (+ model.int8.plan with int8); implies fp16
     opset: int = DEFAULT_OPSET
-    max_batch: int = 32
+    max_batch: int = DEFAULT_MAX_BATCH
     min_batch: int = 1
     opt_batch: int = 8
     calib_dir: str | Path | None = None
-    calib_count: int = 256
+    calib_count: int = IMAGE_COUNT
     calib_method: str = "minmax"
     reduce_range: str = "auto"
     val_dir: str | Path | None = None
-    parity_count: int = 256
+    parity_count: int = IMAGE_COUNT
     workspace: float = 4.0  # GiB, TensorRT builder workspace
     opt_level: int | None = None  # TensorRT builder optimization level 0-5; None: TensorRT's default
     device: int = 0
@@ -92,12 +94,6 @@ class ExportOptions:
     @property
     def engine_precisions(self) -> tuple[str, ...]:
         return (("fp16",) + (("int8",) if self.int8 else ())) if self.trt else ()
-
-    def triton_base(self) -> str:
-        """The Triton model name of model.onnx (the other artifacts add a suffix)."""
-        from tl.export.triton import check_name, default_name
-
-        return check_name(self.triton_name) if self.triton_name is not None else default_name(self.output_dir())
 
     def output_dir(self) -> Path:
         if self.out is not None:

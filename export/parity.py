@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from tl.export.options import IMAGE_COUNT
+from tl.runtime.artifact import kind_of
 from tl.runtime.spec import ModelSpec
 
 FP32_MAX_ABS = 1e-3
@@ -55,7 +57,7 @@ class ParityImages:
 
 
 def parity_images(*, spec: ModelSpec, ckpt: dict[str, Any] | None, val_dir: str | Path | None,
-                  count: int = 256, seed: int = 0) -> ParityImages:
+                  count: int = IMAGE_COUNT, seed: int = 0) -> ParityImages:
     """The images every artifact is compared on (a fixed sample, so reruns compare the same)."""
     from tl.runtime.images import images_in_folder, preprocess, sample_files
 
@@ -129,7 +131,6 @@ def parity_providers() -> list[str]:
 def artifact_logits(path: str | Path, batch: np.ndarray, *, device: int = 0) -> tuple[np.ndarray, str]:
     """(logits, the provider that ran them) from an exported file, exactly as ``tl predict`` loads it."""
     from tl.runtime import Classifier
-    from tl.runtime.artifact import kind_of
 
     providers = parity_providers() if kind_of(path) == "onnx" else None
     with Classifier.load(path, providers=providers, device=device) as clf:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +23,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tl.export import calib, fp16, int8, triton, trt
+from tl.export import onnx as onnx_step
+from tl.export import parity as par
 from tl.export.options import ExportOptions
 from tl.export.parity import ArtifactReport, ParityImages, accuracy
-from tl.runtime.artifact import ENGINE_SUFFIXES
+from tl.runtime.artifact import ENGINE_SUFFIXES, artifact_for
+from tl.runtime.backends.registry import entry_for
 from tl.runtime.errors import TLError
-from tl.runtime.files import ensure_output_dir, output_lock
+from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock, sha256_file, signals_deferred
+from tl.runtime.gpu import cuda_device, import_cudart, import_tensorrt
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
 
-ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 STAGING = ".tl-export-staging"  # inside --out: an export in progress (or one killed mid-way)
 
 
@@ -73,7 +76,8 @@ class ExportContext:
 
     def place(self, name: str) -> Path:
         """Where ``name`` is written: the staging folder, or the work folder for a source nobody asked for."""
-        return self.work / name if name == ONNX_NAMES["fp32"] and not self.options.keep_onnx else self.staging / name
+        source_only = name == _onnx_file("fp32") and not self.options.keep_onnx
+        return self.work / name if source_only else self.staging / name
 
     def find(self, name: str) -> Path:
         return self.staging / name if (self.staging / name).is_file() else self.work / name
@@ -82,40 +86,36 @@ class ExportContext:
 # -- the steps --------------------------------------------------------------------------------
 
 
-def step_onnx(ctx: ExportContext) -> Path:
-    from tl.export.onnx import export_onnx
+def _onnx_file(precision: str) -> str:
+    return artifact_for("onnx", precision).file
 
+
+def step_onnx(ctx: ExportContext) -> Path:
     o = ctx.options
-    return export_onnx(ctx.model, ctx.spec, ctx.place(ONNX_NAMES["fp32"]), opset=o.opset, max_batch=o.max_batch,
-                       checkpoint_sha256=ctx.checkpoint_sha256)
+    return onnx_step.export_onnx(ctx.model, ctx.spec, ctx.place(_onnx_file("fp32")), opset=o.opset,
+                                 max_batch=o.max_batch, checkpoint_sha256=ctx.checkpoint_sha256)
 
 
 def step_fp16(ctx: ExportContext) -> Path:
-    from tl.export.fp16 import convert_fp16
-
-    return convert_fp16(ctx.find(ONNX_NAMES["fp32"]), ctx.place(ONNX_NAMES["fp16"]))
+    return fp16.convert_fp16(ctx.find(_onnx_file("fp32")), ctx.place(_onnx_file("fp16")))
 
 
 def step_int8(ctx: ExportContext) -> Path:
-    from tl.export.calib import quantize_for_export
-
-    path = ctx.place(ONNX_NAMES["int8"])
-    ctx.calibration = quantize_for_export(ctx, ctx.find(ONNX_NAMES["fp32"]), path)
+    path = ctx.place(_onnx_file("int8"))
+    ctx.calibration = calib.quantize_for_export(ctx, ctx.find(_onnx_file("fp32")), path)
     return path
 
 
 def step_engine(precision: str) -> Callable[[ExportContext], Path]:
     def step(ctx: ExportContext) -> Path:
-        from tl.export.trt import TIMING_CACHE, TrtOptions, build_engine
-
         o = ctx.options
-        cache = ctx.out / TIMING_CACHE  # an earlier export's timing cache still speeds this build up
-        if cache.is_file() and not (ctx.staging / TIMING_CACHE).exists():
-            shutil.copyfile(cache, ctx.staging / TIMING_CACHE)
-        engine, _ = build_engine(  # the engine's build record takes the checkpoint stamp from its source ONNX
+        cache = ctx.out / trt.TIMING_CACHE  # an earlier export's timing cache still speeds this build up
+        if cache.is_file() and not (ctx.staging / trt.TIMING_CACHE).exists():
+            shutil.copyfile(cache, ctx.staging / trt.TIMING_CACHE)
+        engine, _ = trt.build_engine(  # the engine's build record takes the checkpoint stamp from its source ONNX
             sources=[ctx.staging, ctx.work], out_dir=ctx.staging, spec=ctx.spec, precision=precision, device=o.device,
-            options=TrtOptions(min_batch=o.min_batch, opt_batch=o.opt_batch, max_batch=o.max_batch,
-                               workspace_gib=o.workspace, opt_level=o.opt_level),
+            options=trt.TrtOptions(min_batch=o.min_batch, opt_batch=o.opt_batch, max_batch=o.max_batch,
+                                   workspace_gib=o.workspace, opt_level=o.opt_level),
         )
         return engine
 
@@ -124,9 +124,9 @@ def step_engine(precision: str) -> Callable[[ExportContext], Path]:
 
 def plan_steps(o: ExportOptions) -> list[tuple[str, str, Callable[[ExportContext], Path]]]:
     """(precision, description, step) in order; every artifact after the first derives from model.onnx."""
-    steps = {"fp32": ("exporting model.onnx (torch.onnx)", step_onnx),
-             "fp16": ("converting model.fp16.onnx", step_fp16),
-             "int8": ("quantizing model.int8.onnx", step_int8)}
+    steps = {"fp32": (f"exporting {_onnx_file('fp32')} (torch.onnx)", step_onnx),
+             "fp16": (f"converting {_onnx_file('fp16')}", step_fp16),
+             "int8": (f"quantizing {_onnx_file('int8')}", step_int8)}
     plan = [(p, *steps[p]) for p in o.precisions]
     plan += [(p, f"building TensorRT {p} engine", step_engine(p)) for p in o.engine_precisions]
     return plan
@@ -134,16 +134,13 @@ def plan_steps(o: ExportOptions) -> list[tuple[str, str, Callable[[ExportContext
 
 def _run_step(ctx: ExportContext, precision: str, description: str, step: Callable[[ExportContext], Path]) -> ArtifactReport:
     """Time one step, then check its file against eager PyTorch FP32 (the ``@try_export`` of this pipeline)."""
-    from tl.export import parity as par
-
     with ctx.reporter.task(description):
         t0 = time.perf_counter()
         path = step(ctx)
         seconds = time.perf_counter() - t0
     with ctx.reporter.task(f"checking {path.name} against PyTorch"):
         logits, provider = par.artifact_logits(path, ctx.images.batch, device=ctx.options.device)
-    backend = "tensorrt" if path.suffix != ".onnx" else "onnxruntime"
-    report = ArtifactReport(file=path.name, precision=precision, backend=backend, provider=provider,
+    report = ArtifactReport(file=path.name, precision=precision, backend=entry_for(path).name, provider=provider,
                             size_mb=round(path.stat().st_size / 1e6, 3), seconds=round(seconds, 3))
     par.judge(report, par.compare(ctx.reference, logits))
     report.accuracy = par.accuracy(logits, ctx.images.labels)
@@ -153,12 +150,10 @@ def _run_step(ctx: ExportContext, precision: str, description: str, step: Callab
 # -- the whole export ---------------------------------------------------------------------------
 
 
-def _preflight(o: ExportOptions) -> None:
+def _require_tensorrt_gpu(o: ExportOptions) -> None:
     """Fail before minutes of ONNX work: TensorRT, cuda-python (parity runs engines through it) and a GPU."""
     if not o.trt:
         return
-    from tl.runtime.gpu import cuda_device, import_cudart, import_tensorrt
-
     import_tensorrt()
     cuda_device(import_cudart(), o.device)
 
@@ -170,20 +165,13 @@ def _load(o: ExportOptions) -> tuple[Any, ModelSpec, dict[str, Any], list[Path] 
     model, spec, ckpt = load_model(o.checkpoint)
     calib_files = None
     if o.int8:  # find calibration images before spending time on the export
-        from tl.export.int8 import calibration_images
-
-        calib_files = calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
+        calib_files = int8.calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
         if o.calib_method == "auto":
-            from tl.export.calib import require_selection_images
-
-            require_selection_images(o.val_dir, ckpt)
+            calib.require_selection_images(o.val_dir, ckpt)
     return model, spec, ckpt, calib_files
 
 
 def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path) -> ExportContext:
-    from tl.export import parity as par
-    from tl.runtime.files import sha256_file
-
     model, spec, ckpt, calib_files = loaded
     staging = out / STAGING
     _remove(staging)  # left by an export that was killed: we hold the lock, so nobody else is writing it
@@ -200,10 +188,8 @@ def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path) -> Expo
 
 def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResult:
     """Write the requested artifacts and export.json into ``options.output_dir()``; see the module docstring."""
-    from tl.export import triton
-
-    _preflight(options)
-    triton.preflight(options)
+    _require_tensorrt_gpu(options)
+    triton_base = _check_triton_target(options)
     loaded = _load(options)
     out = ensure_output_dir(options.output_dir(), option="--out")
     with output_lock(out, "tl export"):
@@ -216,13 +202,23 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
                     raise _failed(ctx, report)
             ctx.reports = [r for r in ctx.reports if (ctx.staging / r.file).is_file()]
             path = _commit(ctx)
-            models = triton.export_step(options, out, [r.file for r in ctx.reports], reporter=reporter)
+            models = [] if triton_base is None else triton.write_export(
+                options.triton, triton_base, out, [r.file for r in ctx.reports], reporter=reporter)
         finally:
             _remove(out / STAGING)
     warnings = [f"{r.file}: {r.note}" for r in ctx.reports if r.status == "warning"]
     return ExportResult(out=out, artifacts=ctx.reports, report=path, images=len(ctx.images.batch),
                         image_source=ctx.images.source, warnings=warnings, triton=models,
                         calibration=ctx.calibration, reference_accuracy=accuracy(ctx.reference, ctx.images.labels))
+
+
+def _check_triton_target(o: ExportOptions) -> str | None:
+    """With --triton: its REPO, model names and the engines' batch profile checked now; the base model name."""
+    if o.triton is None:
+        return None
+    inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
+    return triton.check_target(o.triton, o.triton_name, out=o.output_dir(), inputs=inputs,
+                               engine_min_batch=o.min_batch if o.trt else None)
 
 
 def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:
@@ -253,20 +249,6 @@ def _tl_artifacts(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and ours(p))
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """Ctrl-C (or SIGTERM) during the few renames of a commit arrives after it, not half-way."""
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _commit(ctx: ExportContext) -> Path:
     """Move the new artifacts in, remove the earlier export's that this one did not produce, write export.json last.
 
@@ -276,7 +258,7 @@ def _commit(ctx: ExportContext) -> Path:
     produced = sorted(p for p in ctx.staging.iterdir() if p.is_file())
     names = {p.name for p in produced}
     stale = [p for p in _tl_artifacts(ctx.out) if p.name not in names]
-    with _signals_deferred():
+    with signals_deferred():  # Ctrl-C during the few renames arrives after them
         (ctx.out / "export.json").unlink(missing_ok=True)
         for p in produced:
             os.replace(p, ctx.out / p.name)
@@ -293,8 +275,6 @@ def _remove(path: Path) -> None:
 
 
 def _write_report(ctx: ExportContext) -> Path:
-    from tl.runtime.files import atomic_write_text
-
     data: dict[str, Any] = {
         "checkpoint": str(Path(ctx.ckpt.get("path", ctx.options.checkpoint)).resolve()),
         "checkpoint_sha256": ctx.checkpoint_sha256,

@@ -8,7 +8,8 @@ Layout (what Triton and `tl serve` read)::
 
 Each artifact the export keeps is its own model: model.onnx is ``<name>``, the others add what
 they are (``<name>_fp16``, ``<name>_int8``, ``<name>_fp16_trt``, ``<name>_int8_trt``), so a model's
-name never depends on which other flags were given. Writing holds REPO's lock, builds every model
+name never depends on which other flags were given (the suffixes, platforms and file names are
+columns of tl.runtime.artifact.ARTIFACTS). Writing holds REPO's lock, builds every model
 folder in a staging folder inside REPO and renames each in whole, replacing only the folders of
 the same names. Pure file work: no torch, no onnx, no TensorRT.
 """
@@ -21,27 +22,23 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl.runtime.artifact import MAX_BATCH_KEY, SPEC_KEY, kind_of, onnx_metadata, precision_from_name, read_spec
+from tl.runtime.artifact import ARTIFACTS, MAX_BATCH_KEY, SPEC_KEY, ArtifactKind, artifact_kind, onnx_metadata, read_spec
 from tl.runtime.errors import TLError
-from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock
+from tl.runtime.files import atomic_write_text, ensure_output_dir, os_error_message, output_lock, signals_deferred
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.serve.options import ServeOptions
+from tl.runtime.sidecar import read_sidecar, sidecar_path
 from tl.runtime.spec import ModelSpec
 
 VERSION = "1"  # the one version folder tl writes; Triton serves the highest by default
 LABELS = "labels.txt"
 STAGING = ".tl-triton-staging"  # inside REPO: model folders being written (or left by a killed export)
-PLATFORMS = {"onnx": "onnxruntime_onnx", "engine": "tensorrt_plan"}
-MODEL_FILES = {"onnx": "model.onnx", "engine": "model.plan"}  # Triton's default_model_filename per platform
-# An ONNX model runs where Triton has a GPU and on CPU where it has none; a plan runs only on a GPU.
-INSTANCE_KINDS = {"onnx": "KIND_AUTO", "engine": "KIND_GPU"}
 # Dynamic batching waits as long as tl serve does by default (0: Triton's default too): a batch takes
 # what queued while the previous one ran, so a lone request pays no delay.
 QUEUE_DELAY_US = round(ServeOptions.max_delay_ms * 1000)
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 # A Triton model name is a folder name and a URL path segment (/v2/models/<name>): keep it plain.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-SUFFIXES = ("", "_fp16", "_int8", "_fp16_trt", "_int8_trt")  # every model name an export can write
 
 
 @dataclass(frozen=True)
@@ -49,21 +46,26 @@ class TritonModel:
     """One model of the repository: what its config.pbtxt says, and the artifact it serves."""
 
     name: str
-    kind: str  # "onnx" | "engine"
+    artifact: ArtifactKind  # what it serves: platform, file name and instance kind
     spec: ModelSpec
     max_batch_size: int
     source: Path
 
     @property
     def platform(self) -> str:
-        return PLATFORMS[self.kind]
+        return self.artifact.triton_platform
+
+
+def _artifact_kind(artifact: str | Path) -> ArtifactKind:
+    kind = artifact_kind(artifact)
+    if kind is None:
+        raise TLError(f"{artifact}: Triton serves .onnx and .plan files, not this")
+    return kind
 
 
 def model_name(base: str, artifact: str | Path) -> str:
     """``base`` for model.onnx; the precision (and ``_trt`` for an engine) appended for the others."""
-    kind, precision = kind_of(artifact), precision_from_name(artifact)
-    suffix = "" if kind == "onnx" and precision == "fp32" else f"_{precision}"
-    return base + suffix + ("_trt" if kind == "engine" else "")
+    return base + _artifact_kind(artifact).triton_suffix
 
 
 def check_name(name: str, *, option: str = "--triton-name") -> str:
@@ -79,15 +81,16 @@ def default_name(folder: str | Path) -> str:
     return name[:128] or "model"
 
 
+def base_name(name: str | None, out: str | Path) -> str:
+    """The Triton model name of model.onnx (the other artifacts add a suffix): ``name``, else the export folder's."""
+    return check_name(name) if name is not None else default_name(out)
+
+
 def describe(artifact: str | Path, name: str) -> TritonModel:
     """The repository entry for ``artifact``: its spec and batch bound, read from the file (metadata or sidecar)."""
     artifact = Path(artifact)
-    kind = kind_of(artifact)
-    if kind not in PLATFORMS:
-        raise TLError(f"{artifact}: Triton serves .onnx and .plan files, not this")
-    if kind == "engine":
-        from tl.runtime.sidecar import read_sidecar
-
+    kind = _artifact_kind(artifact)
+    if kind.format == "engine":
         spec, build = read_sidecar(artifact)
         _check_min_batch(build.min_batch, str(artifact))
         max_batch = build.max_batch  # Triton refuses a max_batch_size above the engine profile's max
@@ -97,7 +100,7 @@ def describe(artifact: str | Path, name: str) -> TritonModel:
         if bound is None:
             raise TLError(f"{artifact}: no '{MAX_BATCH_KEY}' metadata (its dynamic batch bound); re-export it with tl export")
         max_batch = int(bound)
-    return TritonModel(name=check_name(name), kind=kind, spec=spec, max_batch_size=max_batch, source=artifact)
+    return TritonModel(name=check_name(name), artifact=kind, spec=spec, max_batch_size=max_batch, source=artifact)
 
 
 def _check_min_batch(min_batch: int, what: str) -> None:
@@ -134,7 +137,7 @@ def config_pbtxt(m: TritonModel) -> str:
         f"label_filename: {_quote(LABELS)} }}",
         "]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
-        f"instance_group [ {{ count: 1 kind: {INSTANCE_KINDS[m.kind]} }} ]",
+        f"instance_group [ {{ count: 1 kind: {m.artifact.triton_instance} }} ]",
         "parameters {",
         f"  key: {_quote(SPEC_KEY)}",
         f"  value {{ string_value: {_quote(s.to_json())} }}",
@@ -167,7 +170,7 @@ def check_repo(repo: str | Path, base: str, *, out: str | Path, inputs: list[str
     if _within(repo_r, out_r) or _within(out_r, repo_r):
         raise TLError(f"--triton {repo} and the export folder {out} must not contain each other "
                       "(Triton would read every folder of REPO as a model)")
-    for suffix in SUFFIXES:
+    for suffix in (k.triton_suffix for k in ARTIFACTS):
         folder = repo_r / (base + suffix)
         hit = next((p for p in inputs_r if _within(p, folder)), None)
         if hit is not None:
@@ -180,11 +183,9 @@ def _stage(m: TritonModel, folder: Path) -> None:
     """Write one model folder: config.pbtxt, labels.txt and 1/ with the artifact (and an engine's sidecar)."""
     version = folder / VERSION
     version.mkdir(parents=True)
-    target = version / MODEL_FILES[m.kind]
+    target = version / m.artifact.triton_file
     shutil.copyfile(m.source, target)
-    if m.kind == "engine":
-        from tl.runtime.sidecar import sidecar_path
-
+    if m.artifact.format == "engine":
         shutil.copyfile(sidecar_path(m.source), sidecar_path(target))
     atomic_write_text(folder / LABELS, labels_txt(m.spec))
     atomic_write_text(folder / "config.pbtxt", config_pbtxt(m))
@@ -195,11 +196,9 @@ def _move_in(repo: Path, staging: Path, names: list[str]) -> None:
 
     The old folder steps aside into staging (removed with it) and comes back should the new one fail to move in.
     """
-    from tl.export.pipeline import _signals_deferred
-
     old = staging / ".replaced"
     old.mkdir()
-    with _signals_deferred():
+    with signals_deferred():
         for name in names:
             target, backup = repo / name, old / name
             had_one = target.exists() or target.is_symlink()
@@ -226,8 +225,6 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
                     _stage(m, staging / m.name)
                 _move_in(repo, staging, [m.name for m in models])
         except OSError as e:
-            from tl.runtime.files import os_error_message
-
             raise TLError(f"could not write the Triton repository: {os_error_message(e)}") from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -237,21 +234,20 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
 # -- the export's step ------------------------------------------------------------------------
 
 
-def preflight(o) -> None:
-    """``tl export --triton``: check REPO and the model names before minutes of export work."""
-    if o.triton is None:
-        return
-    if o.trt:
-        _check_min_batch(o.min_batch, f"--triton with --min-batch {o.min_batch}")
-    inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
-    check_repo(o.triton, o.triton_base(), out=o.output_dir(), inputs=inputs)
+def check_target(repo: str | Path, name: str | None, *, out: Path, inputs: list[str | Path],
+                 engine_min_batch: int | None) -> str:
+    """``tl export --triton``: the engines' batch profile (``engine_min_batch``, where the export builds engines),
+    the model names and REPO, checked before minutes of export work; returns the base model name."""
+    if engine_min_batch is not None:
+        _check_min_batch(engine_min_batch, f"--triton with --min-batch {engine_min_batch}")
+    base = base_name(name, out)
+    check_repo(repo, base, out=out, inputs=inputs)
+    return base
 
 
-def export_step(o, out: Path, files: list[str], *, reporter: Reporter = SILENT) -> list[Path]:
-    """After the export is committed (its lock still held): its artifacts into REPO."""
-    if o.triton is None:
-        return []
+def write_export(repo: str | Path, base: str, out: Path, files: list[str], *, reporter: Reporter = SILENT) -> list[Path]:
+    """After the export is committed (its lock still held): its artifacts into REPO as models ``base[_suffix]``."""
     try:
-        return write_repository(o.triton, [out / f for f in files], o.triton_base(), reporter=reporter)
+        return write_repository(repo, [out / f for f in files], base, reporter=reporter)
     except TLError as e:
         raise TLError(f"{e} (the export in {out} is complete; run tl export again to write the repository)") from e

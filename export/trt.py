@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tl.runtime.artifact import CHECKPOINT_KEY, onnx_metadata
+from tl.export.options import ExportOptions
+from tl.runtime.artifact import ARTIFACTS, CHECKPOINT_KEY, DEFAULT_MAX_BATCH, artifact_for, onnx_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.files import sha256_file
 from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_tensorrt, trt_create
@@ -32,15 +33,15 @@ from tl.runtime.sidecar import BuildRecord
 from tl.runtime.spec import ModelSpec
 
 TIMING_CACHE = "tensorrt.timing.cache"
-PRECISIONS = ("fp16", "int8")
+ENGINE_PRECISIONS = tuple(k.precision for k in ARTIFACTS if k.format == "engine")  # the engines tl builds
 
 
 @dataclass(frozen=True)
 class TrtOptions:
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 32
-    workspace_gib: float = 4.0
+    min_batch: int = ExportOptions.min_batch
+    opt_batch: int = ExportOptions.opt_batch
+    max_batch: int = DEFAULT_MAX_BATCH
+    workspace_gib: float = ExportOptions.workspace
     opt_level: int | None = None  # builder_optimization_level 0..5; None: TensorRT's default (3)
     timing_cache: bool = True
 
@@ -75,7 +76,7 @@ class Route:
     """How one engine is built: which ONNX file, strongly typed or not, which builder flags."""
 
     precision: str
-    onnx_name: str  # "model.fp16.onnx" | "model.onnx" | "model.int8.onnx"
+    onnx_name: str  # the ONNX artifact it parses (tl.runtime.artifact.ARTIFACTS)
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()
     network_flags: tuple[str, ...] = ()
@@ -84,12 +85,13 @@ class Route:
 
 def choose_route(precision: str, features: TrtFeatures) -> Route:
     """The design's precision rules (TensorRT 8.6 -> 11) as one pure function."""
+    fp32, fp16, int8 = (artifact_for("onnx", p).file for p in ("fp32", "fp16", "int8"))
     net = ("EXPLICIT_BATCH",) if features.explicit_batch_flag and not features.strongly_typed else ()
     if precision == "fp16":
         if features.strongly_typed:
-            return Route("fp16", "model.fp16.onnx", True, (), ("STRONGLY_TYPED",))
+            return Route("fp16", fp16, True, (), ("STRONGLY_TYPED",))
         if features.fp16_flag:
-            return Route("fp16", "model.onnx", False, ("FP16",), net)
+            return Route("fp16", fp32, False, ("FP16",), net)
         raise TLError(f"TensorRT {features.version} offers neither strongly typed networks nor BuilderFlag.FP16; "
                       "install TensorRT 8.6 or newer")
     if precision == "int8":
@@ -97,16 +99,16 @@ def choose_route(precision: str, features: TrtFeatures) -> Route:
         if features.int8_flag and features.fp16_flag:
             # Weak typing lets the layers without Q/DQ pick FP16; strongly typed they stay FP32
             # and the INT8 engine can lose to the FP16 one.
-            return Route("int8", "model.int8.onnx", False, ("INT8", "FP16"), weak,
+            return Route("int8", int8, False, ("INT8", "FP16"), weak,
                          "Q/DQ layers in INT8, the other layers in FP16 or FP32 (weakly typed)")
         if features.strongly_typed:
-            return Route("int8", "model.int8.onnx", True, (), ("STRONGLY_TYPED",),
+            return Route("int8", int8, True, (), ("STRONGLY_TYPED",),
                          "Q/DQ layers in INT8, the other layers in FP32 (strongly typed: no FP16 flag here)")
         if features.int8_flag:
-            return Route("int8", "model.int8.onnx", False, ("INT8",), weak,
+            return Route("int8", int8, False, ("INT8",), weak,
                          "Q/DQ layers in INT8, the other layers in FP32")
         raise TLError(f"TensorRT {features.version} cannot build INT8 from a QDQ model; install TensorRT 8.6 or newer")
-    raise TLError(f"TensorRT precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    raise TLError(f"TensorRT precision must be one of {', '.join(ENGINE_PRECISIONS)} (got {precision!r})")
 
 
 def profile_shapes(spec: ModelSpec, options: TrtOptions) -> dict[str, list[int]]:
@@ -118,10 +120,6 @@ def profile_shapes(spec: ModelSpec, options: TrtOptions) -> dict[str, list[int]]
         raise TLError(f"batch sizes must satisfy --min-batch <= --opt-batch <= --max-batch (got {lo}, {opt}, {hi})")
     chw = [spec.input.channels, spec.input.height, spec.input.width]
     return {"min": [lo, *chw], "opt": [opt, *chw], "max": [hi, *chw]}
-
-
-def engine_name(precision: str) -> str:
-    return f"model.{precision}.plan"
 
 
 def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: GpuDevice,
@@ -268,7 +266,7 @@ def _config(trt, builder, network, route: Route, options: TrtOptions, features: 
 
 def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, options: TrtOptions = TrtOptions(),
                  device: int = 0, sources: Sequence[str | Path] = ()) -> tuple[Path, BuildRecord]:
-    """Build ``out_dir/model.<precision>.plan`` (+ sidecar) from the ONNX file the route needs,
+    """Build the engine of ``precision`` into ``out_dir`` (model.<precision>.plan + sidecar) from the ONNX file the route needs,
     looked up in ``sources`` (default: ``out_dir``)."""
     from tl import __version__ as tl_version
     from tl.runtime.files import atomic_write_bytes
@@ -303,7 +301,7 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
                           onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
                           tl_version=str(tl_version), timing_cache=cache_state,
                           checkpoint_sha256=onnx_metadata(onnx_path).get(CHECKPOINT_KEY, ""))
-    engine = out_dir / engine_name(precision)
+    engine = out_dir / artifact_for("engine", precision).file
     atomic_write_bytes(engine, memoryview(plan).tobytes())
     write_sidecar(engine, spec, record)
     return engine, record

@@ -40,7 +40,7 @@ EPYC_ZEN4 = EPYC_ZEN3 + " avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl
     ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp", "aarch64", None, False),
 ])
 def test_int8_saturation_decision_on_recorded_flags(line, machine, vnni, reduce):
-    from tl.runtime.cpuflags import int8_saturation
+    from tl.export.cpuflags import int8_saturation
 
     d = int8_saturation(None if line is None else set(line.split()), machine)
     assert (d.vnni, d.reduce_range) == (vnni, reduce), d
@@ -50,7 +50,7 @@ def test_int8_saturation_decision_on_recorded_flags(line, machine, vnni, reduce)
 def test_this_cpu_flags_are_read():
     import platform
 
-    from tl.runtime.cpuflags import cpu_flags, this_cpu
+    from tl.export.cpuflags import cpu_flags, this_cpu
 
     flags = cpu_flags()
     if platform.system() == "Linux":
@@ -60,7 +60,7 @@ def test_this_cpu_flags_are_read():
 
 def test_reduce_range_choice():
     from tl.export.calib import reduce_range_decision
-    from tl.runtime.cpuflags import int8_saturation
+    from tl.export.cpuflags import int8_saturation
 
     amd = int8_saturation(set(EPYC_ZEN3.split()), "x86_64")
     xeon = int8_saturation(set(XEON_ICELAKE.split()), "x86_64")
@@ -140,8 +140,8 @@ def test_auto_keeps_the_measured_best_and_records_every_candidate(tl_cli, make_c
     import torch
 
     from tl.export.calib import SELECTION_RULE, Candidate, choose
+    from tl.export.cpuflags import this_cpu
     from tl.export.parity import artifact_logits, parity_images
-    from tl.runtime.cpuflags import this_cpu
     from tl.train.checkpoint import load_model
 
     out, ckpt = tmp_path / "exp", make_checkpoint("resnet18", image_size=32)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tl.export.trt import (
-    Route, TrtFeatures, TrtOptions, build_record, choose_route, engine_name, parser_errors, profile_shapes,
-    use_timing_cache,
+    Route, TrtFeatures, TrtOptions, build_record, choose_route, parser_errors, profile_shapes, use_timing_cache,
 )
+from tl.runtime.artifact import artifact_for
 from tl.runtime.errors import TLError
 from tl.runtime.gpu import NO_GPU, NOT_INSTALLED, GpuDevice, find_gpu, import_tensorrt
 from tl.runtime.spec import ModelSpec
@@ -108,7 +108,7 @@ def test_build_record_content_and_sidecar_round_trip(tmp_path):
     assert record.built_at.endswith("+00:00")
     assert record.extra["network_flags"] == ["STRONGLY_TYPED"] and record.extra["timing_cache"] == "tensorrt.timing.cache"
 
-    engine = tmp_path / engine_name("fp16")
+    engine = tmp_path / artifact_for("engine", "fp16").file
     engine.write_bytes(b"plan")
     write_sidecar(engine, SPEC, record)
     spec2, record2 = read_sidecar(engine)
