@@ -27,9 +27,9 @@ from typing import Sequence
 from tl.export.options import ExportOptions
 from tl.runtime.artifact import ARTIFACTS, CHECKPOINT_KEY, DEFAULT_MAX_BATCH, artifact_for, onnx_metadata
 from tl.runtime.errors import TLError
-from tl.runtime.files import sha256_file
+from tl.runtime.files import atomic_write_bytes, sha256_file
 from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_tensorrt, trt_create
-from tl.runtime.sidecar import BuildRecord
+from tl.runtime.sidecar import BuildRecord, write_sidecar
 from tl.runtime.spec import ModelSpec
 
 TIMING_CACHE = "tensorrt.timing.cache"
@@ -269,8 +269,6 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     """Build the engine of ``precision`` into ``out_dir`` (model.<precision>.plan + sidecar) from the ONNX file the route needs,
     looked up in ``sources`` (default: ``out_dir``)."""
     from tl import __version__ as tl_version
-    from tl.runtime.files import atomic_write_bytes
-    from tl.runtime.sidecar import write_sidecar
 
     trt = import_tensorrt()
     gpu = find_gpu(device)
