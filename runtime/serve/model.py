@@ -11,7 +11,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from tl.runtime import images
-from tl.runtime.artifact import SPEC_KEY
+from tl.runtime.artifact import SPEC_KEY, triton_platform
 from tl.runtime.classifier import DEFAULT_BATCH_SIZE, Classifier
 from tl.runtime.errors import TLError
 from tl.runtime.serve.batcher import Batcher
@@ -22,8 +22,6 @@ from tl.runtime.serve.repository import ModelEntry, find_models
 
 if TYPE_CHECKING:
     from tl.runtime.serve.metrics import Metrics
-
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "openvino": "openvino"}
 
 
 def load_models(source: str | Path, options: ServeOptions, metrics: Metrics | None = None) -> list[ServedModel]:
@@ -60,7 +58,7 @@ class ServedModel:
         inp = spec.input
         return {
             "name": self.name, "versions": [self.version],
-            "platform": PLATFORMS.get(self.clf.backend_name, self.clf.backend_name),
+            "platform": triton_platform(self.clf.backend_name),
             "inputs": [{"name": inp.name, "datatype": "FP32", "shape": [-1, inp.channels, inp.height, inp.width]}],
             "outputs": [{"name": spec.output.name, "datatype": "FP32", "shape": [-1, spec.num_classes]}],
             "parameters": {

@@ -16,11 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl.runtime.artifact import MODEL_SUFFIXES, kind_of
+from tl.runtime.artifact import MODEL_SUFFIXES, TRITON_FILES, kind_of
 from tl.runtime.errors import TLError
 
-# Which file a version folder holds, by config.pbtxt platform (Triton's default file names).
-PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -68,7 +66,7 @@ def _repo_model(folder: Path) -> ModelEntry | None:
     text = config.read_text(errors="replace") if config.is_file() else ""
     platform, max_batch = _config_field(text, "platform"), _config_field(text, "max_batch_size")
     number, vdir = versions[-1]
-    names = [PLATFORM_FILES[platform]] if platform in PLATFORM_FILES else list(PLATFORM_FILES.values())
+    names = [TRITON_FILES[platform]] if platform in TRITON_FILES else list(TRITON_FILES.values())
     path = next((vdir / n for n in names if (vdir / n).is_file()), None)
     if path is None:
         raise TLError(f"{vdir}: no {' or '.join(names)} in the model's latest version folder")
