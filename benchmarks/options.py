@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tl.runtime.artifact import bench_alias
 from tl.runtime.backends.registry import REGISTRY, BackendEntry
 from tl.runtime.errors import TLError, require
 
 
 def bench_name(entry: BackendEntry) -> str:
-    """tl bench's name for a runtime backend: the short alias its registry entry lists first (ort, trt, openvino).
+    """tl bench's name for a runtime backend (ort, trt, openvino): the artifact table's, also a registry alias.
 
     Rows and --backends show it, and Classifier.load accepts it as it is.
     """
-    return entry.aliases[0]
+    return bench_alias(entry.name)
 
 
 TORCH_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "compile")
