@@ -91,7 +91,8 @@ def load_lines(row: Any, paths: dict[str, str], checkpoint: str | None) -> tuple
     args, flags = "", ""
     if row.backend == "openvino":
         ov_precision = {"fp32": "f32", "fp16": "f32", "bf16": "bf16"}.get(row.precision, "default")
-        args, flags = f", backend='openvino', precision={ov_precision!r}", f" --backend openvino --precision {ov_precision}"
+        args = f", backend='openvino', inference_precision={ov_precision!r}"
+        flags = f" --backend openvino --inference-precision {ov_precision}"
     elif row.backend == "ort":  # the provider measured, not whatever auto picks on another box
         short = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "trt"}.get(row.provider, "cpu")
         args, flags = f", providers={short!r}", f" --providers {short}"

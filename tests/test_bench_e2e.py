@@ -161,7 +161,7 @@ def test_cli_end_to_end_on_cpu(bench_model, messy_export, synth_data, tmp_path):
     np.save(tmp_path / "x.npy", x)
     ov_top1 = np.array(in_fresh_python(
         "import json, numpy as np; from tl.runtime import Classifier; "
-        f"clf = Classifier.load({str(messy_export / 'model.int8.onnx')!r}, backend='openvino', precision='default'); "
+        f"clf = Classifier.load({str(messy_export / 'model.int8.onnx')!r}, backend='openvino', inference_precision='default'); "
         f"print(json.dumps(clf.predict_logits(np.load({str(tmp_path / 'x.npy')!r})).argmax(1).tolist()))"))
     assert by[("openvino", "int8", 1)]["agreement"] == pytest.approx(float((ov_top1 == ref).mean()))
 

@@ -159,11 +159,11 @@ def test_recommendation_is_the_fastest_row_above_the_threshold(result):
     rows = result.rows + [_ov_row("int8", 1, 10.0, 0.995), _ov_row("bf16", 1, 5.0, 0.98)]
     ov = recommend(rows, min_agreement=0.99, environment=result.environment)[0]
     assert (ov.backend, ov.precision, ov.agreement) == ("openvino", "int8", 0.995)
-    assert ov.cli == "tl predict /x/model.int8.onnx IMAGES... --backend openvino --precision default"
-    assert "backend='openvino', precision='default'" in ov.python
+    assert ov.cli == "tl predict /x/model.int8.onnx IMAGES... --backend openvino --inference-precision default"
+    assert "backend='openvino', inference_precision='default'" in ov.python
     # A bf16 row (AMX) that qualifies is loaded with bf16 pinned, not whatever another box defaults to.
     bf16 = recommend(rows[:-1] + [_ov_row("bf16", 1, 5.0, 0.995)], min_agreement=0.99, environment=result.environment)[0]
-    assert bf16.precision == "bf16" and bf16.cli.endswith("--backend openvino --precision bf16")
+    assert bf16.precision == "bf16" and bf16.cli.endswith("--backend openvino --inference-precision bf16")
     assert bf16.level_with == () and "level with" not in bf16.summary(0.99)
     # A qualifying row within 3% of the fastest is named beside it (a rerun could swap them); one 4% off is not.
     close = recommend(rows + [_ov_row("fp32", 1, 10.2, 1.0), _ov_row("fp16", 1, 10.4, 1.0)], min_agreement=0.99,
