@@ -11,6 +11,8 @@ decides what a latency number means, ``recommend`` picks what to ship, ``rows`` 
 run produces, ``environment`` the machine it ran on, and ``report`` writes bench.json/csv/md/png.
 """
 
+from tl.runtime.lazy import lazy_exports
+
 __all__ = ["BACKENDS", "BenchOptions", "BenchResult", "BenchRow", "ROW_FIELDS", "Recommendation", "run"]
 
 # Lazy, so that `tl bench --help` never imports torch: each name and the module that defines it.
@@ -20,10 +22,4 @@ _HOMES = {
     "Recommendation": "tl.benchmarks.recommend", "run": "tl.benchmarks.matrix",
 }
 
-
-def __getattr__(name):
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'tl.benchmarks' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOMES)

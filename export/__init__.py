@@ -8,16 +8,11 @@ compared with eager PyTorch FP32 on the same images (export.json). The steps are
 ``tl.export.pipeline``; the options and their checks in ``tl.export.options``.
 """
 
+from tl.runtime.lazy import lazy_exports
+
 __all__ = ["ExportOptions", "ExportResult", "export"]
 
+# Lazy: `tl export --help` must not import torch or onnx.
+_HOMES = {"ExportOptions": "tl.export.options", "ExportResult": "tl.export.pipeline", "export": "tl.export.pipeline"}
 
-def __getattr__(name):  # lazy: `tl export --help` must not import torch or onnx
-    if name == "ExportOptions":
-        from tl.export.options import ExportOptions
-
-        return ExportOptions
-    if name in ("ExportResult", "export"):
-        from tl.export import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'tl.export' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -1,5 +1,7 @@
 """tl.runtime: load any tl artifact and classify images, with no torch installed."""
 
+from tl.runtime.lazy import lazy_exports
+
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
@@ -9,10 +11,4 @@ __all__ = ["TLError", "ModelSpec", "Classifier", "Prediction", "PredictOptions",
 _HOMES = {"Classifier": "tl.runtime.classifier", "Prediction": "tl.runtime.classifier",
           "PredictOptions": "tl.runtime.predict", "predict_files": "tl.runtime.predict"}
 
-
-def __getattr__(name):
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'tl.runtime' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -3,14 +3,10 @@
 Exports are lazy so that `tl --help` (which imports tl.train.options) never imports torch.
 """
 
+from tl.runtime.lazy import lazy_exports
+
 __all__ = ["fit", "TrainOptions", "TrainResult"]
 
 _HOMES = {"fit": "tl.train.loop", "TrainResult": "tl.train.loop", "TrainOptions": "tl.train.options"}
 
-
-def __getattr__(name):
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'tl.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOMES)

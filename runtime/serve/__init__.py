@@ -4,16 +4,12 @@ Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client); never torch. Ex
 so that `tl --help` lists the command without importing fastapi.
 """
 
+from tl.runtime.lazy import lazy_exports
+
 __all__ = ["ServeOptions", "Endpoints", "serve", "load_models", "create_app"]
 
 _HOMES = {"ServeOptions": "tl.runtime.serve.options", "Endpoints": "tl.runtime.serve.endpoints",
           "serve": "tl.runtime.serve.server", "load_models": "tl.runtime.serve.model",
           "create_app": "tl.runtime.serve.app"}
 
-
-def __getattr__(name):
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'tl.runtime.serve' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _HOMES)
