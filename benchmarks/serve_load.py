@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from tl.benchmarks.options import LoadOptions
-from tl.runtime.errors import TLError
+from tl.runtime.errors import DEBUG_ENV, TLError
 
 
 class ServeProcess:
     """`tl serve SOURCE ARGS` in a subprocess on a free port; ``url``/``host`` once it is ready."""
 
     def __init__(self, source, *args: str, timeout: float = 120, env: dict | None = None):
-        env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "TL_DEBUG"}
+        env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != DEBUG_ENV}
         self.proc = subprocess.Popen([sys.executable, "-m", "tl", "serve", str(source), *map(str, args), "--port", "0"],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []
