@@ -19,6 +19,13 @@ class TLError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+def escaped(text: object) -> str:
+    """A name from the file system or a file, safe inside a one-line message: control characters
+    (newlines, terminal escape sequences) and undecodable bytes (surrogate escapes) as Python
+    escapes (``\\n``, ``\\x1b``, ``\\udcff``); printable text, any script, unchanged."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def require(*rules: tuple[bool, str]) -> None:
     """Raise the message of the first ``(ok, message)`` rule that fails, as a TLError.
 
