@@ -19,6 +19,7 @@ import numpy as np
 
 from tl.export.options import IMAGE_COUNT
 from tl.runtime.artifact import kind_of
+from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
 FP32_MAX_ABS = 1e-3
@@ -120,6 +121,26 @@ def torch_logits(model, batch: np.ndarray, *, batch_size: int = CHUNK) -> np.nda
     return np.concatenate(outs).astype(np.float32)
 
 
+def check_reference(reference: np.ndarray, model, checkpoint: str | Path) -> None:
+    """Refuse a checkpoint whose eager logits hold NaN or infinity: nothing exported from it can be checked
+    (every comparison with NaN is false), and the checkpoint itself is what is broken."""
+    bad = int((~np.isfinite(reference)).any(axis=1).sum())
+    if not bad:
+        return
+    weights = nonfinite_weights(model)
+    why = (f"{weights} of its weights are NaN or infinite" if weights
+           else "its weights are finite, but the forward pass overflows")
+    raise TLError(f"{checkpoint}: eager PyTorch gives NaN or infinite logits on {bad} of {len(reference)} parity "
+                  f"images ({why}); the checkpoint is broken: export a checkpoint of a run whose loss stayed finite")
+
+
+def nonfinite_weights(model) -> int:
+    """How many parameter and buffer values of ``model`` are NaN or infinite."""
+    import torch
+
+    return sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+
+
 def parity_providers() -> list[str]:
     """CUDA where onnxruntime-gpu has it, else CPU; never the TensorRT EP, which would run the
     FP32 file in reduced precision and change what the FP32 check measures."""
@@ -144,28 +165,38 @@ class Comparison:
     max_abs_diff: float
     mean_abs_diff: float
     top1_agreement: float
-    disagreements: int  # top-1 differences that are not ties in the reference
+    disagreements: int  # top-1 differences that are not ties in the reference, and images with non-finite logits
+    nonfinite: int = 0  # images whose artifact logits hold a NaN or infinity
 
 
 def compare(reference: np.ndarray, logits: np.ndarray) -> Comparison:
+    """Differences over the images whose artifact logits are finite; an image with a NaN or infinite logit
+    counts as a disagreement (NaN compares false with every limit, so it must never reach one)."""
     if reference.shape != logits.shape:
         raise RuntimeError(f"logits shape {logits.shape} != reference {reference.shape}")
-    diff = np.abs(reference.astype(np.float64) - logits.astype(np.float64))
+    if not np.isfinite(reference).all():
+        raise TLError("the reference logits hold NaN or infinity: nothing can be compared with them")
+    finite = np.isfinite(logits).all(axis=1)
+    diff = np.abs(reference.astype(np.float64) - logits.astype(np.float64))[finite]
     ref_top, top = reference.argmax(1), logits.argmax(1)
-    agree = ref_top == top
+    agree = (ref_top == top) & finite
     # Not a real disagreement where the reference scores both classes within TIE_MARGIN.
     gap = reference[np.arange(len(reference)), ref_top] - reference[np.arange(len(reference)), top]
-    real = (~agree) & (gap > TIE_MARGIN)
+    real = (~agree) & ((gap > TIE_MARGIN) | ~finite)
     return Comparison(float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0,
-                      float(agree.mean()) if len(agree) else 1.0, int(real.sum()))
+                      float(agree.mean()) if len(agree) else 1.0, int(real.sum()), int((~finite).sum()))
 
 
 def judge(report: ArtifactReport, cmp: Comparison) -> None:
-    """Fill the report's numbers and status: FP32 must match (or the export fails); FP16 and
-    INT8 below their agreement floor only warn, since some loss is their price."""
+    """Fill the report's numbers and status: FP32 must match and no artifact may give a NaN or infinite
+    logit (or the export fails); FP16 and INT8 below their agreement floor only warn, since some loss is their price."""
     report.max_abs_diff = cmp.max_abs_diff
     report.mean_abs_diff = cmp.mean_abs_diff
     report.top1_agreement = cmp.top1_agreement
+    if cmp.nonfinite:
+        report.status = "failed"
+        report.note = f"NaN or infinite logits on {cmp.nonfinite} image(s)"
+        return
     if report.precision == "fp32":
         if cmp.max_abs_diff > FP32_MAX_ABS or cmp.disagreements:
             report.status = "failed"

@@ -8,6 +8,8 @@ The output folder is always one export: the command holds its lock, the steps wr
 staging folder inside it, and only a complete export is moved in (:func:`_commit`), replacing
 the artifacts of an earlier export and writing export.json last. Every artifact carries the
 sha256 of the checkpoint it came from (ONNX metadata, the engine's build record, export.json).
+Only files an earlier tl export wrote are replaced or removed (:func:`_ours`); anything else in
+the way of this export's files refuses the export before any work.
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ from tl.export import onnx as onnx_step
 from tl.export import parity as par
 from tl.export.options import ExportOptions
 from tl.export.parity import ArtifactReport, ParityImages, accuracy
-from tl.runtime.artifact import ENGINE_SUFFIXES, artifact_for
+from tl.runtime.artifact import ARTIFACTS, SPEC_KEY, artifact_for, artifact_kind, onnx_metadata
 from tl.runtime.backends.registry import entry_for
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock, sha256_file, signals_deferred
 from tl.runtime.gpu import cuda_device, import_cudart, import_tensorrt
 from tl.runtime.progress import SILENT, Reporter
+from tl.runtime.sidecar import read_sidecar, sidecar_path
 from tl.runtime.spec import ModelSpec
 
 STAGING = ".tl-export-staging"  # inside --out: an export in progress (or one killed mid-way)
+REPORT = "export.json"
+# Every file name an export moves into --out besides export.json: the artifacts, engine sidecars, the timing cache.
+OWN_NAMES = frozenset([k.file for k in ARTIFACTS] + [sidecar_path(k.file).name for k in ARTIFACTS
+                                                    if k.format == "engine"] + [trt.TIMING_CACHE])
 
 
 @dataclass
@@ -132,6 +139,19 @@ def plan_steps(o: ExportOptions) -> list[tuple[str, str, Callable[[ExportContext
     return plan
 
 
+def kept_files(o: ExportOptions) -> list[str]:
+    """The artifacts an export of ``o`` leaves in its folder (model.onnx only where it is an output)."""
+    onnx = [_onnx_file(p) for p in o.precisions if p != "fp32" or o.keep_onnx]
+    return onnx + [artifact_for("engine", p).file for p in o.engine_precisions]
+
+
+def _written_names(o: ExportOptions) -> list[str]:
+    """Every name an export of ``o`` may move into its folder: artifacts, engine sidecars, timing cache, report."""
+    files = kept_files(o)
+    sidecars = [sidecar_path(f).name for f in files if artifact_kind(f).format == "engine"]
+    return files + sidecars + ([trt.TIMING_CACHE] if o.engine_precisions else []) + [REPORT]
+
+
 def _run_step(ctx: ExportContext, precision: str, description: str, step: Callable[[ExportContext], Path]) -> ArtifactReport:
     """Time one step, then check its file against eager PyTorch FP32 (the ``@try_export`` of this pipeline)."""
     with ctx.reporter.task(description):
@@ -173,32 +193,44 @@ def _load(o: ExportOptions) -> tuple[Any, ModelSpec, dict[str, Any], list[Path] 
 
 def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path) -> ExportContext:
     model, spec, ckpt, calib_files = loaded
-    staging = out / STAGING
-    _remove(staging)  # left by an export that was killed: we hold the lock, so nobody else is writing it
-    staging.mkdir()
-    work = staging / "sources"  # a folder: _commit moves only staging's files
-    work.mkdir()
     with reporter.task("eager PyTorch FP32 reference"):
         images = par.parity_images(spec=spec, ckpt=ckpt, val_dir=o.val_dir, count=o.parity_count)
         reference = par.torch_logits(model, images.batch)
+    par.check_reference(reference, model, o.checkpoint)
+    staging = out / STAGING
+    _remove_leftovers(out, reporter)
+    staging.mkdir()
+    work = staging / "sources"  # a folder: _commit moves only staging's files
+    work.mkdir()
     return ExportContext(options=o, model=model, spec=spec, ckpt=ckpt, checkpoint_sha256=sha256_file(ckpt["path"]),
                          out=out, staging=staging, work=work, images=images, reference=reference,
                          reporter=reporter, calib_files=calib_files)
 
 
+def _remove_leftovers(out: Path, reporter: Reporter) -> None:
+    """What an export killed mid-way (SIGKILL, power) left in ``out``: its staging folder and export.json's
+    temporary file. We hold the lock, so no live export is writing them; say what was removed."""
+    left = [p for p in [out / STAGING, *out.glob(f".{REPORT}.*.tmp")] if p.exists() or p.is_symlink()]
+    for p in left:
+        _remove(p)
+    if left:
+        reporter.info(f"removed {', '.join(p.name for p in left)} in {out}, left by an export that was killed")
+
+
 def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResult:
     """Write the requested artifacts and export.json into ``options.output_dir()``; see the module docstring."""
     _require_tensorrt_gpu(options)
-    triton_base = _check_triton_target(options)
     loaded = _load(options)
+    triton_base = _check_triton_target(options, loaded[1])
     out = ensure_output_dir(options.output_dir(), option="--out")
     with output_lock(out, "tl export"):
+        _check_targets(out, _written_names(options))
         try:
             ctx = _prepare(options, reporter, loaded, out=out)
             for precision, description, step in plan_steps(options):
                 report = _run_step(ctx, precision, description, step)
                 ctx.reports.append(report)
-                if report.status == "failed":  # only FP32 fails: everything else derives from it
+                if report.status == "failed":  # every later artifact derives from model.onnx, or is as broken
                     raise _failed(ctx, report)
             ctx.reports = [r for r in ctx.reports if (ctx.staging / r.file).is_file()]
             path = _commit(ctx)
@@ -212,54 +244,108 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
                         calibration=ctx.calibration, reference_accuracy=accuracy(ctx.reference, ctx.images.labels))
 
 
-def _check_triton_target(o: ExportOptions) -> str | None:
-    """With --triton: its REPO, model names and the engines' batch profile checked now; the base model name."""
+def _check_triton_target(o: ExportOptions, spec: ModelSpec) -> str | None:
+    """With --triton: its REPO, model names, labels and the engines' batch profile checked now; the base model name."""
     if o.triton is None:
         return None
     inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
-    return triton.check_target(o.triton, o.triton_name, out=o.output_dir(), inputs=inputs,
-                               engine_min_batch=o.min_batch if o.trt else None)
+    return triton.check_target(o.triton, o.triton_name, out=o.output_dir(), inputs=inputs, files=kept_files(o),
+                               spec=spec, engine_min_batch=o.min_batch if o.trt else None)
 
 
 def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:
-    """A failed FP32 check: its file is not kept; export.json records the failure unless an earlier export
-    lives in the folder (that one stays exactly as it was)."""
+    """A failed check: no file of this export is kept; export.json records the failure unless an earlier
+    export lives in the folder (that one stays exactly as it was)."""
     _remove(ctx.staging / report.file)
-    cause = (f"{report.file} does not match PyTorch ({report.note}); removed it. "
-             "This is a bug in the exporter for this model: try another --opset, or report it")
-    if (ctx.out / "export.json").exists() or _tl_artifacts(ctx.out):
+    advice = ("This is a bug in the exporter for this model: try another --opset, or report it"
+              if report.precision == "fp32" else
+              f"{report.precision.upper()} arithmetic does not hold this model's values: export without it")
+    cause = f"{report.file} does not match PyTorch ({report.note}); removed it. {advice}"
+    if (ctx.out / REPORT).exists() or _tl_artifacts(ctx.out):
         return TLError(f"{cause}. The earlier export in {ctx.out} is unchanged")
+    ctx.reports = [report]  # the artifacts checked before it stay in staging, which is removed: list none of them
     _write_report(ctx)
     return TLError(cause)
 
 
+def _earlier_report(folder: Path) -> dict[str, Any] | None:
+    """The earlier export's export.json, where it is one tl wrote (an object with an artifact list)."""
+    path = folder / REPORT
+    if path.is_symlink() or not path.is_file():
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("artifacts"), list):
+            return data
+    return None
+
+
+def _listed(folder: Path) -> set[str]:
+    """The file names the earlier export.json lists as its artifacts, and their engines' sidecars."""
+    data = _earlier_report(folder) or {}
+    files = {Path(str(a["file"])).name for a in data.get("artifacts", []) if isinstance(a, dict) and a.get("file")}
+    return files | {sidecar_path(f).name for f in files}
+
+
+def _stamped(path: Path) -> bool:
+    """Whether ``path`` carries tl's metadata: an ONNX file's tl.spec, an engine's (or a sidecar's) tl sidecar."""
+    engine = path.with_name(path.name.removesuffix(".json"))
+    kind = artifact_kind(engine)
+    with contextlib.suppress(TLError, OSError, ValueError):
+        if kind is not None and kind.format == "engine":
+            read_sidecar(engine)
+            return True
+        if kind is not None and engine == path:
+            return SPEC_KEY in onnx_metadata(path)
+    return False
+
+
+def _ours(path: Path, listed: set[str]) -> bool:
+    """A file an earlier tl export wrote: one of the names an export writes, a plain file (tl writes no links),
+    and listed in the earlier export.json or carrying tl's metadata. The timing cache carries nothing to read:
+    its name is TensorRT's cache, which the next build reads back and extends."""
+    if path.name not in OWN_NAMES or path.is_symlink() or not path.is_file():
+        return False
+    return path.name == trt.TIMING_CACHE or path.name in listed or _stamped(path)
+
+
 def _tl_artifacts(folder: Path) -> list[Path]:
-    """Files an export writes (model*.onnx, engines and their sidecars) and whatever export.json lists."""
-    listed: set[str] = set()
-    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-        data = json.loads((folder / "export.json").read_text())
-        listed = {Path(str(a["file"])).name for a in data.get("artifacts", []) if isinstance(a, dict) and a.get("file")}
+    """The files of an earlier export in ``folder`` (never export.json itself)."""
+    listed = _listed(folder)
+    return sorted(p for p in folder.iterdir() if _ours(p, listed))
 
-    def ours(p: Path) -> bool:
-        name = p.name.lower()
-        engine = name.removesuffix(".json")
-        return (name in listed or (name.startswith("model") and name.endswith(".onnx"))
-                or any(engine.endswith(s) for s in ENGINE_SUFFIXES))
 
-    return sorted(p for p in folder.iterdir() if p.is_file() and ours(p))
+def _check_targets(out: Path, names: list[str]) -> None:
+    """Refuse, before the first change to ``out``, any of ``names`` that is there and not an earlier tl export's
+    (a folder, a link, a user's file): a refused export leaves the folder exactly as it was."""
+    listed = _listed(out)
+    for name in names:
+        target = out / name
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if _earlier_report(out) is not None if name == REPORT else _ours(target, listed):
+            continue
+        what = ("is a folder" if target.is_dir() and not target.is_symlink() else
+                "is a link" if target.is_symlink() else
+                "is not a report tl export wrote" if name == REPORT else
+                "was not written by tl export (no export.json lists it and it carries no tl metadata)")
+        raise TLError(f"--out {out}: {target} {what}, and this export writes a {name} there; tl replaces only "
+                      "its own files: move it away or pass another --out")
 
 
 def _commit(ctx: ExportContext) -> Path:
     """Move the new artifacts in, remove the earlier export's that this one did not produce, write export.json last.
 
-    export.json goes first too: should the process die between the renames (SIGKILL, power), the folder has
-    no export.json rather than one describing a mix; every artifact still carries its checkpoint stamp.
+    Every target is checked before the first change, so a refused commit changes nothing. export.json goes
+    first: should the process die between the renames (SIGKILL, power), the folder has no export.json rather
+    than one describing a mix; every artifact still carries its checkpoint stamp.
     """
     produced = sorted(p for p in ctx.staging.iterdir() if p.is_file())
     names = {p.name for p in produced}
+    _check_targets(ctx.out, sorted(names) + [REPORT])
     stale = [p for p in _tl_artifacts(ctx.out) if p.name not in names]
     with signals_deferred():  # Ctrl-C during the few renames arrives after them
-        (ctx.out / "export.json").unlink(missing_ok=True)
+        (ctx.out / REPORT).unlink(missing_ok=True)
         for p in produced:
             os.replace(p, ctx.out / p.name)
         for p in stale:
@@ -268,7 +354,7 @@ def _commit(ctx: ExportContext) -> Path:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
@@ -285,6 +371,6 @@ def _write_report(ctx: ExportContext) -> Path:
     }
     if ctx.calibration is not None:
         data["calibration"] = ctx.calibration
-    path = ctx.out / "export.json"
+    path = ctx.out / REPORT
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path

@@ -11,7 +11,9 @@ they are (``<name>_fp16``, ``<name>_int8``, ``<name>_fp16_trt``, ``<name>_int8_t
 name never depends on which other flags were given (the suffixes, platforms and file names are
 columns of tl.runtime.artifact.ARTIFACTS). Writing holds REPO's lock, builds every model
 folder in a staging folder inside REPO and renames each in whole, replacing only the folders of
-the same names. Pure file work: no torch, no onnx, no TensorRT.
+the same names, and only where tl wrote them (their config.pbtxt carries the ``tl.spec`` parameter):
+any other folder of such a name is refused before the export starts. Pure file work: no torch, no
+onnx, no TensorRT.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ STAGING = ".tl-triton-staging"  # inside REPO: model folders being written (or l
 QUEUE_DELAY_US = round(ServeOptions.max_delay_ms * 1000)
 DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 # A Triton model name is a folder name and a URL path segment (/v2/models/<name>): keep it plain.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MAX_NAME = 128
+NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
+LONGEST_SUFFIX = max(len(k.triton_suffix) for k in ARTIFACTS)
+# What marks a model folder as tl's: its config.pbtxt's parameter holding the spec (config_pbtxt writes it).
+SPEC_PARAMETER = f'key: "{SPEC_KEY}"'
+CONFIG_READ_LIMIT = 1 << 20  # a config.pbtxt is a few kB; read no more of a file of that name
 
 
 @dataclass(frozen=True)
@@ -71,14 +78,38 @@ def model_name(base: str, artifact: str | Path) -> str:
 def check_name(name: str, *, option: str = "--triton-name") -> str:
     if not NAME_RE.fullmatch(name):
         raise TLError(f"{option} {name!r}: a Triton model name is its folder and URL name; use letters, digits, "
-                      "'_', '-' and '.' (starting with a letter or digit, at most 128 characters)")
+                      f"'_', '-' and '.' (starting with a letter or digit, at most {MAX_NAME} characters)")
     return name
 
 
+def check_model_names(base: str, files: list[str]) -> None:
+    """Each model name ``base`` takes with the suffix of the artifact it serves fits Triton's bound."""
+    for f in files:
+        name = model_name(base, f)
+        if len(name) > MAX_NAME:
+            room = MAX_NAME - len(name) + len(base)
+            raise TLError(f"--triton-name: the model of {f} would be named {name[:24]}... ({len(name)} characters, "
+                          f"the name plus {_artifact_kind(f).triton_suffix!r}); Triton takes at most {MAX_NAME}: "
+                          f"give a --triton-name of at most {room} characters")
+
+
+def check_labels(spec: ModelSpec) -> None:
+    """Every class name fits one line of labels.txt (Triton reads it a line per label, as UTF-8)."""
+    for c in spec.classes:
+        broken = "\n" in c or "\r" in c
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:
+            broken = True
+        if broken:
+            raise TLError(f"class name {c!r} cannot be a line of Triton's labels.txt (one label a line, UTF-8): "
+                          "rename that class folder and retrain, or export without --triton")
+
+
 def default_name(folder: str | Path) -> str:
-    """The export folder's name, with what Triton cannot take turned into '_'."""
+    """The export folder's name, with what Triton cannot take turned into '_', short enough for every suffix."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(folder).resolve().name).lstrip("._-")
-    return name[:128] or "model"
+    return name[:MAX_NAME - LONGEST_SUFFIX] or "model"
 
 
 def base_name(name: str | None, out: str | Path) -> str:
@@ -148,9 +179,7 @@ def config_pbtxt(m: TritonModel) -> str:
 
 def labels_txt(spec: ModelSpec) -> str:
     """One class a line, in the spec's order: line i is the label of logit i."""
-    bad = [c for c in spec.classes if "\n" in c or "\r" in c]
-    if bad:
-        raise TLError(f"class name {bad[0]!r} has a line break; Triton's labels.txt holds one label a line")
+    check_labels(spec)
     return "".join(f"{c}\n" for c in spec.classes)
 
 
@@ -177,6 +206,28 @@ def check_repo(repo: str | Path, base: str, *, out: str | Path, inputs: list[str
             raise TLError(f"--triton {repo}: writing model {base + suffix} would replace {folder}, "
                           f"which holds the input {hit}; give another --triton or --triton-name")
     return ensure_output_dir(repo, option="--triton")
+
+
+def is_tl_model(folder: Path) -> bool:
+    """A model folder tl wrote: a real folder whose config.pbtxt carries tl's spec parameter."""
+    config = folder / "config.pbtxt"
+    if folder.is_symlink() or not folder.is_dir() or config.is_symlink() or not config.is_file():
+        return False
+    try:
+        with open(config, "rb") as f:
+            return SPEC_PARAMETER in f.read(CONFIG_READ_LIMIT).decode("utf-8", "replace")
+    except OSError:
+        return False
+
+
+def check_models(repo: Path, names: list[str]) -> None:
+    """Refuse, before anything is written, a REPO entry of a model's name that tl did not write."""
+    for name in names:
+        folder = repo / name
+        if (folder.exists() or folder.is_symlink()) and not is_tl_model(folder):
+            raise TLError(f"--triton {repo}: {folder} is not a model folder tl wrote (no config.pbtxt with "
+                          f"'{SPEC_KEY}'), and model {name} would replace it; move it away or give another "
+                          "--triton or --triton-name")
 
 
 def _stage(m: TritonModel, folder: Path) -> None:
@@ -216,7 +267,10 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
     """Add ``artifacts`` to the Triton repository ``repo`` as models ``base[_suffix]``; returns their folders."""
     repo = Path(repo)
     models = [describe(a, model_name(base, a)) for a in artifacts]
+    for m in models:
+        check_labels(m.spec)
     with output_lock(repo, "tl export --triton"):
+        check_models(repo, [m.name for m in models])
         staging = repo / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed export: we hold the lock
         try:
@@ -234,14 +288,18 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
 # -- the export's step ------------------------------------------------------------------------
 
 
-def check_target(repo: str | Path, name: str | None, *, out: Path, inputs: list[str | Path],
-                 engine_min_batch: int | None) -> str:
+def check_target(repo: str | Path, name: str | None, *, out: Path, inputs: list[str | Path], files: list[str],
+                 spec: ModelSpec, engine_min_batch: int | None) -> str:
     """``tl export --triton``: the engines' batch profile (``engine_min_batch``, where the export builds engines),
-    the model names and REPO, checked before minutes of export work; returns the base model name."""
+    the model names of ``files`` (the artifacts the export keeps), the labels and REPO, checked before minutes of
+    export work and before anything is written; returns the base model name."""
     if engine_min_batch is not None:
         _check_min_batch(engine_min_batch, f"--triton with --min-batch {engine_min_batch}")
     base = base_name(name, out)
-    check_repo(repo, base, out=out, inputs=inputs)
+    check_model_names(base, files)
+    check_labels(spec)
+    folder = check_repo(repo, base, out=out, inputs=inputs)
+    check_models(folder, [model_name(base, f) for f in files])
     return base
 
 
