@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, escaped
 from tl.runtime.images import bomb_reason, is_image_file, load_image, pixel_limit
 
 
@@ -59,15 +59,15 @@ def _require_readable(folder: Path, what: str) -> None:
         with os.scandir(folder):
             pass
     except PermissionError as e:
-        raise TLError(f"{what} {folder} cannot be read: permission denied; "
+        raise TLError(f"{what} {escaped(folder)} cannot be read: permission denied; "
                       "make it readable (chmod -R u+rX) or remove it") from e
 
 
 def _require_data_folder(folder: Path) -> None:
     if not folder.exists():
-        raise TLError(f"data folder not found: {folder}")
+        raise TLError(f"data folder not found: {escaped(folder)}")
     if not folder.is_dir():
-        raise TLError(f"{folder} is not a folder; give a folder with one sub-folder of images per class")
+        raise TLError(f"{escaped(folder)} is not a folder; give a folder with one sub-folder of images per class")
 
 
 def find_classes(folder: Path) -> list[str]:
@@ -77,14 +77,27 @@ def find_classes(folder: Path) -> list[str]:
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise TLError(
-            f"{folder} has no class folders; put the images of each class in their own "
-            f"sub-folder ({folder}/<class>/*.jpg), or create {folder}/train and {folder}/val that way"
+            f"{escaped(folder)} has no class folders; put the images of each class in their own "
+            f"sub-folder ({escaped(folder)}/<class>/*.jpg), or create {escaped(folder)}/train and "
+            f"{escaped(folder)}/val that way"
         )
     if len(classes) == 1:
         raise TLError(
-            f"{folder} has a single class folder ({classes[0]!r}); a classifier needs at least 2 classes"
+            f"{escaped(folder)} has a single class folder ({escaped(classes[0])}); a classifier needs at least 2 classes"
         )
+    for name in classes:
+        _require_utf8_name(folder / name)
     return classes
+
+
+def _require_utf8_name(class_dir: Path) -> None:
+    """A class name travels into the spec, labels.txt, plots and JSON, which hold text: a folder name whose
+    bytes are not UTF-8 (Python keeps them as surrogate escapes) would crash one of those writers later."""
+    try:
+        class_dir.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TLError(f"class folder {escaped(class_dir)} has a name that is not valid UTF-8 text; "
+                      "rename it (class names become the model's labels)") from None
 
 
 def scan(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
@@ -94,14 +107,15 @@ def scan(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     for idx, name in enumerate(classes):
         d = folder / name
         if not d.is_dir():
-            raise TLError(f"class folder missing: {d} (every split needs the same classes: {', '.join(classes)})")
+            raise TLError(f"class folder missing: {escaped(d)} (every split needs the same classes: "
+                          f"{escaped(', '.join(classes))})")
         _require_readable(d, "class folder")
         found = sorted(
             p for p in d.rglob("*") if p.is_file() and is_image_file(p)
             and not any(part.startswith(".") for part in p.relative_to(d).parts)
         )
         if not found:
-            raise TLError(f"class folder {d} has no images (.jpg, .png, ...); add images or remove the folder")
+            raise TLError(f"class folder {escaped(d)} has no images (.jpg, .png, ...); add images or remove the folder")
         files += found
         labels += [idx] * len(found)
     return files, labels
@@ -166,8 +180,8 @@ def prepare_data(root: str | os.PathLike, *, val_split: float = 0.2, seed: int =
         val_classes = find_classes(val_dir)
         if val_classes != classes:
             raise TLError(
-                f"{train_dir} and {val_dir} have different class folders "
-                f"({', '.join(classes)} vs {', '.join(val_classes)}); they must match"
+                f"{escaped(train_dir)} and {escaped(val_dir)} have different class folders "
+                f"({escaped(', '.join(classes))} vs {escaped(', '.join(val_classes))}); they must match"
             )
         train_files, train_labels = scan(train_dir, classes)
         val_files, val_labels = scan(val_dir, classes)
@@ -189,7 +203,7 @@ def prepare_data(root: str | os.PathLike, *, val_split: float = 0.2, seed: int =
     if bad and not skip_bad:
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise TLError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad to skip bad images")
+        raise TLError(f"{escaped(path)}: {escaped(reason)}{more}; fix or remove it, or pass --skip-bad to skip bad images")
     bad_set = {p for p, _ in bad}
     train_files, train_labels = _without(bad_set, train_files, train_labels)
     val_files, val_labels = _without(bad_set, val_files, val_labels)
@@ -218,7 +232,7 @@ def _split(classes: list[str], files: list[Path], labels: list[int], folder: Pat
     _require_every_class(classes, labels, folder, "")
     for i, c in enumerate(classes):
         if labels.count(i) < 2:
-            raise TLError(f"class folder {folder / c} has only 1 usable image; "
+            raise TLError(f"class folder {escaped(folder / c)} has only 1 usable image; "
                           "a validation split needs at least 2 per class")
     tr, va = stratified_split(labels, fraction=fraction, seed=seed)
     return [files[i] for i in tr], [labels[i] for i in tr], [files[i] for i in va], [labels[i] for i in va]
@@ -228,7 +242,8 @@ def _require_every_class(classes: list[str], labels: list[int], folder: Path, wh
     present = set(labels)
     empty = [c for i, c in enumerate(classes) if i not in present]
     if empty:
-        raise TLError(f"class folder {folder / empty[0]} has no usable images{why}; add images or remove the folder")
+        raise TLError(f"class folder {escaped(folder / empty[0])} has no usable images{why}; "
+                      "add images or remove the folder")
 
 
 class ImageFileDataset:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ GROUP_TIMEOUT = datetime.timedelta(minutes=10)
 # Set by `--nproc-per-node` for its workers: rank 0 touches this file when it printed the error
 # line itself, so the launcher adds none (one `error:` line per failure).
 REPORTED_ENV = "TL_LAUNCH_REPORTED"
+# Set by `--nproc-per-node` for its workers: the launcher's pid, which each rank watches (stopped_with_launcher).
+LAUNCHER_ENV = "TL_LAUNCHER_PID"
+LAUNCHER_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,31 @@ def process_group(ranks: Ranks, device: torch.device):
         yield
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stopped_with_launcher(ranks: Ranks):
+    """torch's launcher starts every rank in a session of its own and stops them when it fails, but a
+    launcher that is killed (SIGKILL, the OOM killer) stops nothing. So each rank of `--nproc-per-node`
+    watches its launcher and, once it is gone, stops itself as the launcher would have: SIGTERM, on
+    which rank 0 saves last.pt."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not ranks.distributed or not launcher or not launcher.isdigit():
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(LAUNCHER_POLL_S):
+            if os.getppid() != int(launcher):  # re-parented: the launcher has ended
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="tl-launcher-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def share_from_main(ranks: Ranks, value: Any) -> Any:
@@ -217,15 +246,35 @@ def mark_reported() -> None:
         Path(path).touch()
 
 
-def launch(argv: list[str], nproc_per_node: int, *, batch_size: int) -> int:
+def max_local_ranks(device: str) -> tuple[int, str]:
+    """(how many ranks this machine runs, what bounds them): one per GPU for CUDA ranks (each takes
+    cuda:LOCAL_RANK), one per CPU core this process may use for CPU ranks (more only share the cores,
+    and every rank is a whole torch process). torchrun is there for anything else."""
+    kind, _ = parse_device(device)
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        count = torch.cuda.device_count()
+        return count, f"the {count} GPU(s) this machine has"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, f"the {cores} CPU core(s) this process may use"
+
+
+def check_nproc(nproc_per_node: int, device: str) -> None:
+    if nproc_per_node < 1:
+        raise TLError(f"--nproc-per-node must be at least 1 (got {nproc_per_node})")
+    most, why = max_local_ranks(device)
+    if nproc_per_node > most:
+        raise TLError(f"--nproc-per-node {nproc_per_node} is more than {why}; pass at most {most} "
+                      "(torchrun starts any number of processes if you mean it)")
+
+
+def launch(argv: list[str], nproc_per_node: int, *, batch_size: int, device: str = "auto") -> int:
     """`tl train ... --nproc-per-node N`: N local ranks of `python -m tl ARGV` through torch's elastic
     launcher (what `torchrun --standalone` runs); returns the exit code."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if nproc_per_node < 1:
-        raise TLError(f"--nproc-per-node must be at least 1 (got {nproc_per_node})")
+    check_nproc(nproc_per_node, device)
     per_rank_batch(batch_size, nproc_per_node)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc_per_node, run_id=f"tl-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
@@ -245,7 +294,7 @@ def launch(argv: list[str], nproc_per_node: int, *, batch_size: int) -> int:
 def _launcher_env(nproc: int, reported: Path):
     """What the workers inherit: the report file, and CPU threads shared out (torchrun sets 1);
     the elastic agent's own log lines only with TL_DEBUG=1."""
-    env = {REPORTED_ENV: str(reported)}
+    env = {REPORTED_ENV: str(reported), LAUNCHER_ENV: str(os.getpid())}
     if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     saved = {k: os.environ.get(k) for k in env}

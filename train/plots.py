@@ -40,21 +40,38 @@ def plot_history(history: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+# The confusion matrix grows half an inch per class up to a bound (2400 px at 100 dpi, whatever the
+# class count: 1000 classes unbounded asked for a 50000 px canvas); beyond MAX_LABELLED classes only
+# every k-th class is named, and beyond MAX_COUNTED cells carry no counts (they would not be legible).
+MAX_CONFUSION_INCHES = 24.0
+MAX_LABELLED = 48
+MAX_COUNTED = 30
+# A label longer than this is cut: with bbox_inches="tight" a long name would widen the canvas without bound.
+MAX_LABEL_CHARS = 40
+
+
+def _label(name: object) -> str:
+    text = str(name)
+    return text if len(text) <= MAX_LABEL_CHARS else text[:MAX_LABEL_CHARS - 1] + "…"
+
+
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
-    """Rows = true class, columns = predicted; counts in the cells."""
+    """Rows = true class, columns = predicted; counts in the cells while they fit."""
     matrix = np.asarray(matrix)
     n = len(classes)
-    side = max(4.0, 0.5 * n + 2)
+    side = min(MAX_CONFUSION_INCHES, max(4.0, 0.5 * n + 2))
     fig = Figure(figsize=(side, side))
     ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(classes))
-    ax.set_xlabel("predicted")
+    ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    every = max(1, math.ceil(n / MAX_LABELLED))
+    ticks = range(0, n, every)
+    ax.set_xticks(ticks, labels=[_label(classes[i]) for i in ticks], rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=[_label(classes[i]) for i in ticks])
+    ax.set_xlabel("predicted" if every == 1 else f"predicted (every {every}th class named)")
     ax.set_ylabel("true")
     if title:
         ax.set_title(title)
-    if n <= 30:
+    if n <= MAX_COUNTED:
         top = matrix.max() if matrix.size else 0
         for i in range(n):
             for j in range(n):
@@ -75,5 +92,5 @@ def plot_batch(images: np.ndarray, labels: Sequence[str], path: str | Path, *, m
         ax.axis("off")
     for ax, img, label in zip(axes, images, labels):
         ax.imshow(np.clip(img, 0, 1))
-        ax.set_title(str(label), fontsize=9)
+        ax.set_title(_label(label), fontsize=9)
     return _save(fig, path)
