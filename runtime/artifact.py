@@ -126,7 +126,7 @@ def spec_from_metadata(metadata: dict[str, str], path: str | Path) -> ModelSpec:
             f"{path} has no tl model spec (metadata '{SPEC_KEY}'): it was not exported by tl; "
             "pass the labels and preprocessing as spec= / --spec spec.json"
         )
-    return ModelSpec.from_json(text)
+    return ModelSpec.from_json(text, source=path)
 
 
 def read_spec(path: str | Path) -> ModelSpec:

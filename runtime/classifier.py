@@ -21,7 +21,7 @@ from tl.runtime import images
 from tl.runtime.backends import Backend, entry_for, load_backend
 from tl.runtime.backends.registry import DEFAULT_BATCH_SIZE
 from tl.runtime.errors import TLError
-from tl.runtime.spec import ModelSpec
+from tl.runtime.spec import ModelSpec, require_regular_file
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Classifier", "Prediction", "softmax"]
 
@@ -70,8 +70,7 @@ class Classifier:
         path = Path(path)
         if path.is_dir():
             raise TLError(f"{path} is a folder; pass a model file (e.g. {path / 'model.onnx'})")
-        if not path.exists():
-            raise TLError(f"model not found: {path}")
+        require_regular_file(path, "model")  # a FIFO would block the read, a device never end
         if intra_op_threads is not None and int(intra_op_threads) < 1:
             raise TLError(f"intra_op_threads must be at least 1 (got {intra_op_threads}); None uses every core")
         if isinstance(spec, (str, os.PathLike)):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tl.runtime.errors import TLError
-from tl.runtime.spec import ModelSpec
+from tl.runtime.spec import MAX_IMAGE_SIZE, ModelSpec, require_regular_file
 
 # Transparent pixels are composited on this colour (RGBA, LA, P with transparency).
 BACKGROUND = (255, 255, 255)
@@ -30,6 +30,11 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+# The shorter-side resize scales the long side by the aspect ratio: a 2,000,000 x 1 px image (a few kB
+# as a PNG) would become 448,000,000 x 224 (300 GB). Four of the largest spec inputs is room for
+# any photo or panorama at any resize size a spec allows, and at most 200 MB of RGB.
+MAX_RESIZED_PIXELS = 4 * MAX_IMAGE_SIZE**2
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -123,8 +128,7 @@ def bomb_reason(e: Exception) -> str:
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Decode fully (so truncation is caught here) and apply EXIF orientation; not yet RGB."""
     path = Path(path)
-    if not path.is_file():
-        raise TLError(f"image not found: {path}")
+    require_regular_file(path, "image")  # a FIFO would block the decode
     return decode_image(path, path)
 
 
@@ -222,6 +226,14 @@ def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+def check_resized_size(img: Image.Image, new_w: int, new_h: int, size: int) -> None:
+    """Refuse, before allocating it, a resize result far larger than any model input needs."""
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise TLError(f"image {img.width}x{img.height} is too elongated for the model's shorter-side resize to {size} px: "
+                      f"it would become {new_w}x{new_h} ({new_w * new_h:,} pixels, above tl's limit of "
+                      f"{MAX_RESIZED_PIXELS:,}); crop it closer to square first")
+
+
 def resize(img: Image.Image, spec: ModelSpec) -> Image.Image:
     """Geometric part of preprocessing: RGB image -> RGB image of spec's H x W."""
     p, h, w = spec.preprocess, spec.input.height, spec.input.width
@@ -229,6 +241,7 @@ def resize(img: Image.Image, spec: ModelSpec) -> Image.Image:
     if p.resize_mode == "squash":
         return img.resize((w, h), resample=resample)
     new_w, new_h = shorter_side_size(img.width, img.height, p.resize_size)
+    check_resized_size(img, new_w, new_h, p.resize_size)
     img = img.resize((new_w, new_h), resample=resample)
     if new_w < w or new_h < h:  # torchvision pads here; ModelSpec.validate keeps resize_size >= crop
         raise TLError(f"image {img.width}x{img.height} is smaller than the crop {w}x{h}")
@@ -245,7 +258,13 @@ def normalize(img: Image.Image, spec: ModelSpec) -> np.ndarray:
 
 
 def preprocess_one(source: ImageInput, spec: ModelSpec) -> np.ndarray:
-    return normalize(resize(load_image(source), spec), spec)
+    img = load_image(source)
+    try:
+        return normalize(resize(img, spec), spec)
+    except TLError as e:
+        if isinstance(source, (str, os.PathLike)):  # decode errors name the file already; these need it too
+            raise TLError(f"{source}: {e}") from e
+        raise
 
 
 def preprocess(sources: Iterable[ImageInput] | ImageInput, spec: ModelSpec) -> np.ndarray:

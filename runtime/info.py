@@ -14,14 +14,14 @@ from typing import Any
 from tl.runtime.artifact import MODEL_SUFFIXES, SPEC_KEY, spec_from_metadata
 from tl.runtime.backends import REGISTRY, entry_for
 from tl.runtime.errors import TLError
+from tl.runtime.spec import require_regular_file
 
 
 def artifact_info(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise TLError(f"{path} is a folder; pass a model file ({', '.join(MODEL_SUFFIXES)})")
-    if not path.is_file():
-        raise TLError(f"model not found: {path}")
+    require_regular_file(path, "model")  # a FIFO would block the read, a device never end
     entry = entry_for(path)
     info: dict[str, Any] = {"file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3), "backend": entry.name,
                             "backends": [e.name for e in REGISTRY if path.suffix.lower() in e.suffixes]}

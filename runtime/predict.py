@@ -5,6 +5,11 @@
 
 A file that cannot be read is reported through the reporter and listed in the result; the
 others are still classified.
+
+File names are bytes on POSIX; one that is not valid UTF-8 reaches Python with its bad bytes as
+lone surrogates, which no UTF-8 writer accepts. Results written for scripts (CSV, JSON) carry such
+a name with each bad byte as a backslash escape (``photo\\xff.jpg``, as ``ls -b`` shows it) through
+:func:`text_name`; valid names are written unchanged.
 """
 
 from __future__ import annotations
@@ -81,13 +86,58 @@ def collect_inputs(paths: Sequence[str | Path]) -> Inputs:
     return found
 
 
-def load_classifier(options: PredictOptions) -> "Classifier":
-    """The model as the options ask for it (backend, providers, device, spec, threads)."""
+def load_classifier(options: PredictOptions, *, reporter: Reporter = SILENT) -> "Classifier":
+    """The model as the options ask for it (backend, providers, device, spec, threads).
+
+    A ``spec`` given for a model that carries its own replaces it: the reporter is told, with
+    how the two differ, since labels or preprocessing that do not fit give wrong answers, not errors.
+    """
     from tl.runtime.classifier import Classifier
 
     o = options
-    return Classifier.load(o.model, backend=o.backend, providers=o.providers, device=o.device, spec=o.spec,
-                           intra_op_threads=o.threads, inference_precision=o.inference_precision)
+    clf = Classifier.load(o.model, backend=o.backend, providers=o.providers, device=o.device, spec=o.spec,
+                          intra_op_threads=o.threads, inference_precision=o.inference_precision)
+    if o.spec is not None:
+        replaced = spec_replacement(clf.path, clf.spec, given=o.spec)
+        if replaced:
+            reporter.warning(replaced)
+    return clf
+
+
+def spec_replacement(model: Path, spec, *, given: str | Path) -> str | None:
+    """What a given spec does to the spec ``model`` carries; None when it carries none."""
+    from tl.runtime.artifact import SPEC_KEY, kind_of, onnx_metadata, read_spec
+    from tl.runtime.sidecar import sidecar_path
+
+    carries = SPEC_KEY in onnx_metadata(model) if kind_of(model) == "onnx" else sidecar_path(model).is_file()
+    if not carries:
+        return None
+    try:
+        embedded = read_spec(model)
+    except TLError as e:
+        return f"--spec {given} replaces the spec in {model}, which tl cannot read ({e})"
+    changes = embedded.differences(spec)
+    how = f"it differs in {'; '.join(changes)}" if changes else "they are the same"
+    return f"--spec {given} replaces the spec embedded in {model}: {how}"
+
+
+def output_row(prediction: "Prediction") -> dict:
+    """``prediction.to_dict()`` with its file name and labels as valid Unicode, for CSV and JSON writers."""
+    row = prediction.to_dict()
+    row["source"], row["label"] = text_name(row["source"]), text_name(row["label"])
+    row["top_k"] = [{**k, "label": text_name(k["label"])} for k in row["top_k"]]
+    return row
+
+
+def text_name(text: str | None) -> str | None:
+    """``text`` as valid Unicode: a file name's undecodable bytes (surrogate escapes) as ``\\xNN``."""
+    if text is None:
+        return None
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no byte of a file name (e.g. from JSON)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def classify_inputs(clf: "Classifier", found: Inputs, options: PredictOptions, *,
@@ -119,5 +169,5 @@ def classify_inputs(clf: "Classifier", found: Inputs, options: PredictOptions, *
 def predict_files(options: PredictOptions, *, reporter: Reporter = SILENT) -> PredictResult:
     """Find the images under ``options.paths``, load the model, classify them all."""
     found = collect_inputs(options.paths)
-    with load_classifier(options) as clf:
+    with load_classifier(options, reporter=reporter) as clf:
         return classify_inputs(clf, found, options, reporter=reporter)

@@ -66,14 +66,24 @@ def read_sidecar(engine: str | Path) -> tuple[ModelSpec, BuildRecord]:
             "preprocessing (rebuild with 'tl export --trt', or pass spec= / --spec)"
         )
     try:
-        data = json.loads(path.read_text())
-        spec = ModelSpec.from_dict(data["spec"])
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _check_sidecar_format(data.get("format", SIDECAR_FORMAT), path)
+        spec = ModelSpec.from_dict(data["spec"], source=path)
         build = BuildRecord(**data["build"])
     except TLError:
         raise
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
         raise TLError(f"{path}: not a valid tl engine sidecar ({type(e).__name__}: {e})") from e
     return spec, build
+
+
+def _check_sidecar_format(fmt, path: Path) -> None:
+    """Like the spec's format: a newer sidecar may hold fields this tl would misread."""
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise TLError(f"{path}: not a valid tl engine sidecar (format {fmt!r})")
+    if fmt > SIDECAR_FORMAT:
+        raise TLError(f"{path}: sidecar format {fmt} is newer than this tl reads (format {SIDECAR_FORMAT}); "
+                      "upgrade tl (pip install -U tl) to use this engine")
 
 
 def check_compatible(build: BuildRecord, *, tensorrt_version: str, compute_capability: str, engine: str | Path = "engine") -> None:

@@ -43,7 +43,7 @@ def test_spec_defaults_resolved_once():
     ({"classes": []}, "classes is empty"),
     ({"classes": ["a", "a"]}, "duplicates"),
     ({"num_classes": 5}, "num_classes=5"),
-    ({"format": 99}, "format 99"),
+    ({"format": 0}, "format 0"),
     ({"input": {"layout": "NHWC"}}, "NCHW"),
     ({"input": {"channels": 1}}, "channels"),
     ({"input": {"height": 4, "width": 4}}, "too small"),

@@ -14,7 +14,7 @@ import numpy as np
 from tl.runtime.artifact import DEFAULT_MAX_BATCH, MAX_BATCH_KEY, spec_from_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.onnxmeta import read_onnx_meta
-from tl.runtime.spec import ModelSpec
+from tl.runtime.spec import ModelSpec, require_regular_file
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_ALIASES = {"trt": TRT_EP, "tensorrt": TRT_EP, "cuda": CUDA_EP, "gpu": CUDA_EP, "cpu": CPU_EP}
@@ -89,8 +89,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TLError(f"model not found: {self.path}")
+        require_regular_file(self.path, "model")
         self.meta = read_onnx_meta(self.path)  # TLError if it is not ONNX at all
         self.spec_source = ("its tl.spec metadata" if spec is None
                             else f"the spec {spec}" if not isinstance(spec, ModelSpec) else "the spec given (--spec)")

@@ -18,7 +18,7 @@ from tl.runtime.artifact import spec_from_metadata
 from tl.runtime.backends.registry import OPENVINO_PRECISIONS
 from tl.runtime.errors import TLError
 from tl.runtime.onnxmeta import read_onnx_meta
-from tl.runtime.spec import ModelSpec
+from tl.runtime.spec import ModelSpec, require_regular_file
 
 INSTALL_HINT = "install it with pip install 'tl[openvino]' (the openvino extra)"
 HINTS = ("latency", "throughput")
@@ -89,8 +89,7 @@ class OpenVinoBackend:
                  intra_op_threads: int | None = None, cache_dir: str | Path | None = None,
                  inference_precision: str = "f32", hint: str = "latency"):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TLError(f"model not found: {self.path}")
+        require_regular_file(self.path, "model")
         if providers not in (None, "auto", ["auto"], "cpu", ["cpu"]):
             raise TLError("providers apply to ONNX Runtime only; the openvino backend runs on the CPU")
         file_meta = read_onnx_meta(self.path)  # TLError if it is not ONNX at all

@@ -21,7 +21,7 @@ from tl.runtime.artifact import precision_from_name
 from tl.runtime.errors import TLError
 from tl.runtime.gpu import cuda_call, cuda_device, import_cudart, import_tensorrt, trt_create
 from tl.runtime.sidecar import BuildRecord, check_compatible, read_sidecar, sidecar_path
-from tl.runtime.spec import ModelSpec
+from tl.runtime.spec import ModelSpec, require_regular_file
 
 RUN_ONNX_INSTEAD = ("so .plan/.engine files cannot run here (on a Jetson it comes with JetPack); "
                     "run the .onnx export instead")
@@ -80,8 +80,7 @@ class TensorRTBackend:
         self.path = Path(path)
         self._buffers: list[_Buffer] = []
         self.stream = None
-        if not self.path.is_file():
-            raise TLError(f"model not found: {self.path}")
+        require_regular_file(self.path, "model")
         if providers not in (None, "auto", ["auto"]):
             raise TLError("providers apply to ONNX Runtime only; a TensorRT engine always runs on TensorRT")
         if not sidecar_path(self.path).is_file() and spec is None:
