@@ -272,7 +272,9 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
     with output_lock(repo, "tl export --triton"):
         check_models(repo, [m.name for m in models])
         staging = repo / STAGING
-        shutil.rmtree(staging, ignore_errors=True)  # left by a killed export: we hold the lock
+        if staging.exists():  # left by a killed export: we hold the lock, so nobody is writing it
+            shutil.rmtree(staging, ignore_errors=True)
+            reporter.info(f"removed {STAGING} in {repo}, left by an export that was killed")
         try:
             with reporter.task(f"writing Triton repository {repo}"):
                 for m in models:

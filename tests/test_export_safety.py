@@ -198,6 +198,10 @@ def test_a_killed_exports_leftovers_are_removed_and_named(tl_cli, ckpt, tmp_path
     (out / ".tl-export-staging" / "model.onnx").write_bytes(b"half")
     (out / ".export.json.x1y2.tmp").write_text("{")
     (out / ".tl.lock").write_text('{"pid": 1, "command": "tl export", "since": 0}')  # its holder is gone
-    r = export(tl_cli, ckpt, out)
+    repo = tmp_path / "repo"
+    (repo / ".tl-triton-staging" / "m").mkdir(parents=True)
+    r = export(tl_cli, ckpt, out, "--triton", repo, "--triton-name", "m")
     assert "removed .tl-export-staging, .export.json.x1y2.tmp" in r.err + r.out
+    assert f"removed .tl-triton-staging in {repo}" in r.err + r.out
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]
