@@ -2,7 +2,7 @@
 
 Every error is ``{"error": "..."}`` with the HTTP status tl.runtime.serve.errors gives it:
 400 a bad request, 404 an unknown model or version, 413 a body over the limit, 503 not
-ready or a full queue, 500 a bug.
+ready or a full queue, 500 a model whose logits are not finite, or a bug.
 """
 
 from __future__ import annotations

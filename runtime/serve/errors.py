@@ -46,6 +46,10 @@ class QueueFull(Unavailable):
     """The model's queue already holds as many requests as it may."""
 
 
+class NonFiniteOutput(ServeError):
+    """The model answered NaN or infinite logits: its fault, not the request's, and never sent as scores."""
+
+
 class Status(NamedTuple):
     http: int
     grpc: str

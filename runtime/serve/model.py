@@ -17,7 +17,7 @@ from tl.runtime.errors import TLError
 from tl.runtime.serve.batcher import Batcher
 from tl.runtime.serve.errors import BadRequest
 from tl.runtime.serve.options import ServeOptions
-from tl.runtime.serve.protocol import InferRequest, Requested, Tensor, classify, join_bytes
+from tl.runtime.serve.protocol import InferRequest, Requested, Tensor, check_finite, classify, join_bytes
 from tl.runtime.serve.repository import ModelEntry, find_models
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class ServedModel:
     async def infer(self, req: InferRequest) -> tuple[dict, list[tuple[dict, bytes | None]]]:
         """A parsed request -> the response header and each output's (metadata, binary data or None)."""
         batch = await self._batch(req.inputs)
-        logits = await self.batcher.submit(batch)
+        logits = check_finite(self.name, await self.batcher.submit(batch))
         header = {"model_name": self.name, "model_version": self.version}
         if req.id is not None:
             header["id"] = req.id

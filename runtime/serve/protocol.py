@@ -3,6 +3,13 @@
 A request body is a JSON header, optionally followed by binary tensor data; the header's
 length is then in ``Inference-Header-Content-Length`` and each binary input says its
 ``binary_data_size``. BYTES elements, in binary, are a 4-byte little-endian length and the bytes.
+
+Numbers are strict: the header is JSON without the ``NaN`` / ``Infinity`` tokens, FP32 data (JSON or
+binary) must be finite numbers (not null, booleans or strings), and ``data`` may nest no deeper than
+its shape. A model input of NaN has no answer worth giving, and a NaN would pass through the model
+into the logits. The other way round, a response never holds a bare ``NaN`` either: a model whose
+logits are not finite is answered with an error (:class:`NonFiniteOutput`, 500), whatever the
+output's encoding, since no client can tell a NaN score from a real one.
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tl.runtime.serve.errors import BadRequest
+from tl.runtime.serve.errors import BadRequest, NonFiniteOutput
 
 DTYPES = {"FP32": np.float32}  # the model's tensor input; BYTES (encoded images) is handled apart
+# A tensor of more dimensions is no image batch; the bound also keeps numpy's own limit out of reach.
+MAX_DIMS = 8
+NUMBER_TYPES = {int, float}  # JSON numbers as json.loads gives them (bool is no number here)
 
 
 @dataclass
@@ -45,10 +55,7 @@ class InferRequest:
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """Header JSON + binary tail -> InferRequest; every mistake is a BadRequest that says which."""
     size = _header_size(header_length, len(body))
-    try:
-        header = json.loads(body[:size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"the request header is not valid JSON ({e})") from None
+    header = _load_json(body[:size])
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise BadRequest("the request must be a JSON object with a non-empty 'inputs' list")
     tail, inputs = memoryview(body)[size:], []
@@ -63,8 +70,30 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if outputs is not None and not isinstance(outputs, list):
         raise BadRequest("'outputs' must be a list")
     requested = None if outputs is None else [_parse_output(o, params.get("binary_data_output", False)) for o in outputs]
-    rid = header.get("id")
-    return InferRequest(str(rid) if rid is not None else None, inputs, requested, bool(params.get("binary_data_output")))
+    binary = bool(params.get("binary_data_output"))
+    return InferRequest(_request_id(header.get("id")), inputs, requested, binary)
+
+
+def _load_json(text: bytes):
+    """Strict JSON: no NaN/Infinity tokens, and nesting past the parser's depth is a BadRequest, not a crash."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"the request header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest("the request header is nested too deeply to parse") from None
+
+
+def _no_constant(token: str):
+    raise BadRequest(f"the request header holds {token}, which is not JSON; send finite numbers")
+
+
+def _request_id(rid) -> str | None:
+    if rid is None or isinstance(rid, str):
+        return rid
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        return str(rid)
+    raise BadRequest(f"'id' must be a string (got a {type(rid).__name__})")
 
 
 def _header_size(value: str | None, body_size: int) -> int:
@@ -93,6 +122,8 @@ def _parse_input(raw, tail: memoryview) -> tuple[Tensor, int]:
     name, datatype, shape = raw["name"], raw.get("datatype"), raw.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers (got {shape!r})")
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(f"input '{name}': a shape of {len(shape)} dimensions; at most {MAX_DIMS} are accepted")
     if datatype != "BYTES" and datatype not in DTYPES:
         raise BadRequest(f"input '{name}': datatype {datatype!r} is not accepted; send FP32 (the model's NCHW "
                          "tensor) or BYTES (encoded images)")
@@ -116,30 +147,63 @@ def _from_binary(name: str, datatype: str, shape: list[int], count: int, raw: by
     if len(raw) != count * dtype.itemsize:
         raise BadRequest(f"input '{name}': shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
                          f"got {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    return _finite(name, np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape))
 
 
 def _from_json(name: str, datatype: str, shape: list[int], count: int, data):
+    flat = _flatten(name, data, shape)
     if datatype == "BYTES":
-        flat = list(_flatten(data))
         if not all(isinstance(x, str) for x in flat):
             raise BadRequest(f"input '{name}': BYTES data in JSON must be strings")
         return _check_count(name, shape, count, [x.encode("utf-8") for x in flat])
+    if not set(map(type, flat)) <= NUMBER_TYPES:
+        bad = next(x for x in flat if type(x) not in NUMBER_TYPES)
+        raise BadRequest(f"input '{name}': {datatype} data must be numbers (got {_json_kind(bad)})")
+    if len(flat) != count:
+        raise BadRequest(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(flat)}")
     try:
-        arr = np.asarray(data, dtype=DTYPES[datatype])
-    except (TypeError, ValueError):
-        raise BadRequest(f"input '{name}': 'data' must be numbers for {datatype}") from None
-    if arr.size != count:
-        raise BadRequest(f"input '{name}': shape {shape} holds {count} values, 'data' has {arr.size}")
-    return arr.reshape(shape)
+        with np.errstate(over="ignore"):  # a value past FP32's range becomes infinity, refused just below
+            arr = np.asarray(flat, dtype=DTYPES[datatype])
+    except OverflowError:  # an integer past even float64's range
+        raise _not_finite(name) from None
+    return _finite(name, arr.reshape(shape))
 
 
-def _flatten(data):
-    if isinstance(data, list):
-        for x in data:
-            yield from _flatten(x)
-    else:
-        yield data
+def _json_kind(value) -> str:
+    """What a JSON value is, in JSON's words, without echoing it."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {str: "a string", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _finite(name: str, arr: np.ndarray) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise _not_finite(name)
+    return arr
+
+
+def _not_finite(name: str) -> BadRequest:
+    return BadRequest(f"input '{name}': the data must be finite numbers; it holds NaN, infinity or a value "
+                      "beyond FP32's range")
+
+
+def _flatten(name: str, data, shape: list[int]) -> list:
+    """The leaves of nested lists in order, nested no deeper than ``shape``, without recursion."""
+    rank, flat, stack = len(shape), [], [iter([data])]
+    while stack:
+        for x in stack[-1]:
+            if not isinstance(x, list):
+                flat.append(x)
+            elif len(stack) > max(rank, 1):
+                raise BadRequest(f"input '{name}': 'data' is nested more deeply than its shape {shape}")
+            elif list in set(map(type, x)):
+                stack.append(iter(x))
+                break
+            else:  # the innermost lists, most of the values: taken whole
+                flat.extend(x)
+        else:
+            stack.pop()
+    return flat
 
 
 def _check_count(name: str, shape: list[int], count: int, items: list[bytes]) -> list[bytes]:
@@ -183,10 +247,18 @@ def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]
     return [f"{row[i]:f}:{i}:{labels[i]}".encode() for row, idx in zip(logits, order) for i in idx]
 
 
+def check_finite(model: str, logits: np.ndarray) -> np.ndarray:
+    """``logits``, or NonFiniteOutput: a NaN or infinite score is never answered as if it were one."""
+    if not np.isfinite(logits).all():
+        raise NonFiniteOutput(f"model '{model}' produced non-finite logits (NaN or infinity) for this input; "
+                              "the model is broken (check its export parity), not the request")
+    return logits
+
+
 def encode_response(header: dict, outputs: list[tuple[dict, bytes | None]]) -> tuple[bytes, int | None]:
     """Response header + binary outputs -> (body, header length or None when all JSON)."""
     header = {**header, "outputs": [meta for meta, _ in outputs]}
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()  # strict JSON, as requests are
     blobs = [b for _, b in outputs if b is not None]
     if not blobs:
         return text, None

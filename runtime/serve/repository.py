@@ -13,6 +13,7 @@ The spec travels inside each artifact, so config.pbtxt is read only for ``platfo
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from tl.runtime.artifact import MODEL_SUFFIXES, TRITON_FILES, kind_of
 from tl.runtime.errors import TLError
 
 NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
+DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit also takes '²', which int() refuses
+WHAT_TO_GIVE = "give a model file (.onnx, .plan) or a Triton-layout repository folder"
+SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,9 @@ def find_models(source: str | Path, name: str | None = None) -> list[ModelEntry]
     """The models to serve from a file or a repository folder; a user error if there are none."""
     source = Path(source)
     if not source.exists():
-        raise TLError(f"not found: {source}; give a model file (.onnx, .plan) or a Triton-layout repository folder")
+        raise TLError(f"not found: {source}; {WHAT_TO_GIVE}")
+    if not source.is_file() and not source.is_dir():
+        raise TLError(f"{source}: not a model file or a repository folder (it is {_file_kind(source)}); {WHAT_TO_GIVE}")
     if source.is_file():
         if kind_of(source) not in ("onnx", "engine"):
             raise TLError(f"{source}: not a model file tl can serve (expected one of {', '.join(MODEL_SUFFIXES)})")
@@ -58,20 +65,48 @@ def find_models(source: str | Path, name: str | None = None) -> list[ModelEntry]
 def _repo_model(folder: Path) -> ModelEntry | None:
     """The latest version of one repository model, or None for a folder that is no model."""
     config = folder / "config.pbtxt"
-    versions = sorted((int(v.name), v) for v in folder.iterdir() if v.is_dir() and v.name.isdigit())
+    versions = sorted((int(v.name), v) for v in _version_folders(folder))
     if not config.is_file() and not versions:
         return None
     if not versions:
         raise TLError(f"{folder}: no version folder (e.g. {folder / '1' / 'model.onnx'})")
     text = config.read_text(errors="replace") if config.is_file() else ""
-    platform, max_batch = _config_field(text, "platform"), _config_field(text, "max_batch_size")
+    platform = _config_field(text, "platform")
     number, vdir = versions[-1]
     names = [TRITON_FILES[platform]] if platform in TRITON_FILES else list(TRITON_FILES.values())
     path = next((vdir / n for n in names if (vdir / n).is_file()), None)
     if path is None:
         raise TLError(f"{vdir}: no {' or '.join(names)} in the model's latest version folder")
     _check_name(folder.name)
-    return ModelEntry(folder.name, str(number), path, int(max_batch) if max_batch and int(max_batch) > 0 else None)
+    return ModelEntry(folder.name, str(number), path, _max_batch(config, text))
+
+
+def _version_folders(folder: Path) -> list[Path]:
+    """The model's numbered folders; a name of digits that are not 0-9 would be a version Triton cannot read."""
+    found = []
+    for v in folder.iterdir():
+        if not v.is_dir() or not v.name.isdigit():
+            continue
+        if not DIGITS.fullmatch(v.name):
+            raise TLError(f"{v}: a version folder's name must be the digits 0-9 (got {v.name!r}); rename it, "
+                          "e.g. to 1")
+        found.append(v)
+    return found
+
+
+def _max_batch(config: Path, text: str) -> int | None:
+    """config.pbtxt's max_batch_size when it says one above 0 (0: the model takes no batch dimension)."""
+    value = _config_field(text, "max_batch_size")
+    if value is None:
+        return None
+    if not DIGITS.fullmatch(value):
+        raise TLError(f"{config}: max_batch_size must be a whole number of 0 or more (got {value!r})")
+    return int(value) or None
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    return next((what for test, what in SPECIAL_FILES if test(mode)), "neither a file nor a folder")
 
 
 def _config_field(text: str, key: str) -> str | None:
