@@ -5,7 +5,10 @@ published file goes through :func:`atomic_path`, every command that creates its 
 folder through :func:`ensure_output_dir`, so an unwritable folder or a full disk reads the
 same everywhere (which file or folder, and why). :func:`output_lock` keeps two commands
 from writing one folder at once, and :func:`signals_deferred` keeps Ctrl-C out of the middle of
-a few renames that publish files together.
+a few renames that publish files together. Temporary names carry the writer's pid, so the next
+command that locks the folder removes what a killed writer left (:func:`remove_stale_temps`).
+Results meant for a stream (``-o /dev/stdout``, a FIFO, ``/dev/null``) are written to it as a
+stream (:func:`write_output`): only a regular file is ever replaced.
 """
 
 from __future__ import annotations
@@ -15,15 +18,22 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, escaped
+from tl.runtime.progress import SILENT, Reporter
 
 LOCK_NAME = ".tl.lock"  # inside the folder a command writes; never an artifact
+# A temporary file or folder beside NAME: ".NAME.tl<pid>.<random>.tmp". The pid says whose it is, so a
+# temporary of a process that no longer runs (SIGKILL, power loss) is known to be garbage.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tl(?P<pid>\d+)\.[^.]+\.tmp")
 
 # errno -> why, in the user's terms.
 _REASONS = {
@@ -94,15 +104,40 @@ def ensure_output_dir(path: str | Path, *, option: str = "--out") -> Path:
     return path
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def temp_dir_beside(path: str | Path) -> Path:
+    """A new empty folder beside ``path`` to build it in (``.NAME.tl<pid>.*.tmp``), with the mode a plain
+    mkdir gives (mkdtemp's is 0700): what is built there is moved into place whole."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as e:
+        raise write_error(path, e) from e
+    return tmp
+
+
+def temp_prefix(name: str) -> str:
+    """mkstemp/mkdtemp prefix of a temporary beside ``name`` (suffix ``.tmp``), marked with this process."""
+    return f".{name}.tl{os.getpid()}."
 
 
 def _refuse_file_target(path: Path) -> None:
     if path.is_dir():
         raise TLError(f"could not write {path}: it is a folder; give a file name")
+    if path.exists() and not path.is_file():  # a device, FIFO or socket: replacing it would destroy it
+        raise TLError(f"could not write {path}: it is not a regular file (a device, pipe or socket); "
+                      "give a file name")
     blocker = _file_in_the_way(path)
     if blocker is not None:
         raise TLError(f"could not write {path}: {blocker} is a file, not a folder")
@@ -136,7 +171,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
         os.chmod(tmp_path, _default_mode())
@@ -173,6 +208,103 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether results for ``path`` go to it as a stream: a device (``/dev/null``), a FIFO or socket, or a
+    link under /dev or /proc to an open file (``/dev/stdout``). A temp file + rename there would replace
+    the special file with a regular one."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        mode = os.stat(absolute).st_mode
+    except OSError:
+        return False
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return True
+    # /dev/stdout, /dev/fd/3, /proc/self/fd/1 name a file some process has open (here a regular one):
+    # a rename would replace the name, not write to that file.
+    return absolute.parts[1:2] in (("dev",), ("proc",)) and absolute.is_symlink()
+
+
+def check_output_target(path: str | Path) -> None:
+    """Refuse now what :func:`write_output` would refuse after the work."""
+    if not is_stream(path):
+        check_writable(path)
+    elif not os.access(path, os.W_OK):
+        reason = "not found" if not os.path.lexists(path) else "permission denied"
+        raise TLError(f"could not write {path}: {reason}")
+
+
+def write_output(path: str | Path, data: bytes) -> None:
+    """Results into ``path``: written as a stream to a device, FIFO or /dev/stdout, atomically to a file."""
+    if not is_stream(path):
+        atomic_write_bytes(path, data)
+        return
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise write_error(path, e) from e
+
+
+def remove_stale_temps(folder: str | Path, *, name: str | None = None) -> list[Path]:
+    """Remove the temporaries (``.NAME.tl<pid>.*.tmp``, of one ``name`` if given) in ``folder`` whose
+    writer no longer runs; return them.
+
+    Called with the folder's lock held, so no other tl command is writing there; a pid that is running
+    (even a reused one) keeps its files.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in sorted(Path(folder).iterdir()):
+            m = _TEMP_NAME.fullmatch(p.name)
+            if m is None or (name is not None and m["name"] != name) or _running(int(m["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a pid beyond the OS's: not ours to judge
+        return True
+    return True
+
+
+def stale_temps_note(removed: list[Path], folder: str | Path) -> str:
+    """The line that says what :func:`remove_stale_temps` removed."""
+    names = ", ".join(escaped(p.name) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
+    return f"removed {len(removed)} temporary file(s) that an ended tl command left in {folder}: {names}"
+
+
+@contextlib.contextmanager
+def new_folders_removed_on_error(path: str | Path | None) -> Iterator[None]:
+    """The folders of ``path`` that do not exist yet are removed again, if still empty, when the block fails:
+    a refused command leaves no empty output folder behind."""
+    if path is None:
+        yield
+        return
+    path = Path(os.path.abspath(path))
+    new = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (something was written), or already gone
+                break
+        raise
 
 
 def sha256_file(path: str | Path) -> str:
@@ -236,13 +368,14 @@ def _open_locked(lock: Path, command: str) -> int:
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | Path, command: str) -> Iterator[Path]:
+def output_lock(folder: str | Path, command: str, *, reporter: Reporter = SILENT) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) for a whole command.
 
     Two commands writing one folder would leave files from both that look like one
     result; the second one fails at once and says who holds the folder. The lock is
     flock on ``folder/.tl.lock`` (released by the kernel when the process dies, so a
     killed command never leaves the folder locked); the file is removed when the command ends.
+    Once it is held, the temporaries of killed writers are removed, and ``reporter`` says which.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -256,6 +389,9 @@ def output_lock(folder: str | Path, command: str) -> Iterator[Path]:
     lock = folder / LOCK_NAME
     fd = _open_locked(lock, command)
     try:
+        removed = remove_stale_temps(folder)
+        if removed:
+            reporter.info(stale_temps_note(removed, folder))
         yield folder
     finally:
         with contextlib.suppress(OSError):
