@@ -28,7 +28,7 @@ from tl.benchmarks.targets import Targets, bench_images, check_provenance, resol
 from tl.benchmarks.timing import DISTURBED_SPREAD, Stats, measure_rounds, spread
 from tl.runtime.artifact import precision_from_name
 from tl.runtime.errors import TLError, debug_enabled
-from tl.runtime.files import ensure_output_dir, output_lock
+from tl.runtime.files import ensure_output_dir, new_folders_removed_on_error, output_lock
 from tl.runtime.progress import SILENT, Reporter
 
 AGREEMENT_CHUNK = 8  # images per call when checking agreement (padded, so compile sees one shape)
@@ -301,15 +301,21 @@ def _speedups(rows: list[BenchRow]) -> None:
 def run(options: BenchOptions, *, reporter: Reporter = SILENT) -> BenchResult:
     """Measure every runner at every batch size; write bench.* into ``options.out`` when given.
 
-    ``options.out`` is locked from the moment the targets are known to be valid until its files are written.
+    ``options.out`` is locked from the moment the targets are known to be valid until its files are written;
+    a run that fails removes the output folder it created, when it is still empty.
     """
+    with new_folders_removed_on_error(options.out):
+        return _run(options, reporter)
+
+
+def _run(options: BenchOptions, reporter: Reporter) -> BenchResult:
     o = options
     targets = resolve_targets(list(o.targets))
     if o.out is not None:  # before minutes of timing
         ensure_output_dir(o.out, option="--out")
     device = bench_device(o.device)
     model, spec, ckpt, ckpt_path = _reference_model(targets)
-    lock = output_lock(o.out, "tl bench") if o.out is not None else contextlib.nullcontext()
+    lock = output_lock(o.out, "tl bench", reporter=reporter) if o.out is not None else contextlib.nullcontext()
     with lock, _torch_threads(o.threads):
         runners = _make_runners(o, targets, device, model, spec)
         x, labels, source = bench_images(spec, ckpt=ckpt, val_dir=o.val_dir, limit=o.images)
