@@ -9,6 +9,7 @@ import only click and torch-free options at top level, heavy imports happen insi
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -41,6 +42,21 @@ def field_option(options_cls, name: str, *decls: str, **kwargs):
     kwargs.setdefault("default", default)
     kwargs.setdefault("show_default", kwargs["default"] is not None)
     return click.option(flag, *decls, name, **kwargs)
+
+
+class PathParam(click.Path):
+    """click.Path that refuses an empty name.
+
+    ``''`` is what an unset shell variable gives (``tl train "$DATA"``), and to the file system it
+    means the current folder: a command would train on, write into or serve whatever is there.
+    Every path argument and option of every command uses this type.
+    """
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, bytes)) and not os.fsdecode(value):
+            self.fail("the path is empty (an unset shell variable?); give a file or folder name "
+                      "(. for the current folder)", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class LazyGroup(click.Group):
@@ -97,9 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     except TLError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_printable(e)}", err=True)
         sys.exit(1)
     except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:
+        # `tl` or `tl data` alone: the help, not an error line; exit 2 as click's own commands do
+        e.show()
         sys.exit(e.exit_code)
     except click.ClickException as e:
         if debug:
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = ""
         if isinstance(e, click.UsageError) and e.ctx is not None:
             hint = f" (see '{e.ctx.command_path} --help')"
-        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        click.echo(f"error: {_printable(e.format_message())}{hint}", err=True)
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
@@ -119,9 +139,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from tl.runtime.files import os_error_message
 
-        click.echo(f"error: {os_error_message(e)}", err=True)
+        click.echo(f"error: {_printable(os_error_message(e))}", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def _printable(message: object) -> str:
+    """An error message with any escape sequence a file name brought in shown, not sent to the terminal."""
+    from tl.console import printable
+
+    return printable(message, keep_newlines=True)
 
 
 if __name__ == "__main__":

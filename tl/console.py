@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from tl.runtime.errors import escaped
 from tl.runtime.progress import Reporter, Task
 
 # Off a terminal rich assumes 80 columns and folds wide tables into unreadable cells;
@@ -22,15 +23,22 @@ from tl.runtime.progress import Reporter, Task
 PIPE_WIDTH = 160
 
 
-def shown(text: object) -> str:
-    """Text that came from a file (class names, an arch) made safe to print in a rich table.
+def printable(text: object, *, keep_newlines: bool = False) -> str:
+    """Text with its control characters as Python escapes (``\\x1b``, ``\\n``).
 
-    A model file is data from anywhere: control characters (ANSI escape sequences that
-    recolour or clear the terminal, carriage returns, bidi overrides) are printed as
-    Python escapes (``\\x1b``) and rich markup (``[bold]``) as literal brackets.
+    File names and model files are data from anywhere: an ANSI escape sequence would recolour or
+    clear the terminal, a carriage return or newline would split or forge a message line, a bidi
+    override would reorder it. ``keep_newlines`` keeps the line breaks a message has by design.
     """
-    s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
-    return escape(s)
+    if keep_newlines:
+        return "\n".join(map(escaped, str(text).split("\n")))
+    return escaped(text)
+
+
+def shown(text: object) -> str:
+    """Text that came from a file (class names, an arch) made safe to print in a rich table:
+    control characters escaped (:func:`printable`) and rich markup (``[bold]``) as literal brackets."""
+    return escape(printable(text))
 
 
 def stdout_console(**kwargs: Any) -> Console:
@@ -107,7 +115,8 @@ class RichReporter(Reporter):
         return _RichTask(self.progress, description, total)
 
     def info(self, text: str) -> None:
-        self.progress.console.print(text, soft_wrap=True, highlight=False, markup=False)
+        self.progress.console.print(printable(text, keep_newlines=True), soft_wrap=True, highlight=False, markup=False)
 
     def warning(self, text: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True, highlight=False)
+        # One line: a warning names files (an unreadable image), and a name may hold a newline.
+        self.progress.console.print(f"[yellow]warning:[/] {shown(text)}", soft_wrap=True, highlight=False)

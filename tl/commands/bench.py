@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from tl.benchmarks.options import BACKENDS, DEVICES, BenchOptions, LoadOptions, int_list
-from tl.cli import field_option
+from tl.cli import PathParam, field_option
 from tl.runtime.backends.registry import BACKEND_CHOICES
 
 
@@ -37,7 +37,7 @@ class _BenchCommand(click.Command):
 
 
 @click.command(cls=_BenchCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("targets", nargs=-1, required=True, type=PathParam(path_type=str))
 @field_option(BenchOptions, "device", type=click.Choice(DEVICES),
               help="Where PyTorch and ONNX Runtime run (auto: cuda if torch sees a GPU).")
 @field_option(BenchOptions, "backends", metavar="LIST",
@@ -47,13 +47,13 @@ class _BenchCommand(click.Command):
 @field_option(BenchOptions, "warmup", type=int, help="Untimed calls per cell after the first call.")
 @field_option(BenchOptions, "seconds", type=float, help="Time budget of timed calls per cell.")
 @field_option(BenchOptions, "iters", type=int, help="Timed calls per cell (overrides --seconds).")
-@field_option(BenchOptions, "val_dir", type=click.Path(path_type=str),
+@field_option(BenchOptions, "val_dir", type=PathParam(path_type=str),
               help="Labelled images (one folder per class): benchmark images and an accuracy column.")
 @field_option(BenchOptions, "images", type=int, help="Benchmark images for the agreement check (without --val-dir).")
 @field_option(BenchOptions, "threads", type=int, help="CPU threads for torch, ONNX Runtime and OpenVINO (default: their own).")
 @field_option(BenchOptions, "min_agreement", type=float,
               help="Top-1 agreement with eager fp32 that the recommended row needs.")
-@field_option(BenchOptions, "out", type=click.Path(path_type=str),
+@field_option(BenchOptions, "out", type=PathParam(path_type=str),
               help="Folder for bench.json/csv/md/png [default: bench/<date-time>].")
 def bench(targets, out, **fields):
     """Benchmark eager PyTorch against every exported form of one model.
@@ -131,8 +131,8 @@ def bench_table(result):
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for serve_load.json, .md and .png.")
+@click.argument("model", type=PathParam(path_type=Path))
+@click.option("--out", type=PathParam(path_type=Path), default=None, help="Folder for serve_load.json, .md and .png.")
 @field_option(LoadOptions, "concurrency", default=_comma_default(LoadOptions, "concurrency"),
               help="Client counts, comma-separated.")
 @field_option(LoadOptions, "seconds", type=click.FloatRange(min=0.1), help="Per level in total, split over the rounds.")

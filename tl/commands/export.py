@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from tl.cli import field_option
+from tl.cli import PathParam, field_option
 from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, REDUCE_RANGE, ExportOptions
 
 
@@ -17,8 +17,8 @@ def _opt(name: str, *decls: str, **kwargs):
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(path_type=str))
-@_opt("out", "-o", type=click.Path(file_okay=False, path_type=str), help="Output folder [default: exports/<run name>].")
+@click.argument("checkpoint", type=PathParam(path_type=str))
+@_opt("out", "-o", type=PathParam(file_okay=False, path_type=str), help="Output folder [default: exports/<run name>].")
 @_opt("onnx", is_flag=True, help="Keep model.onnx (FP32, dynamic batch); the default when no format is named.")
 @_opt("fp16", is_flag=True, help="model.fp16.onnx: float16 weights/compute, float32 I/O.")
 @_opt("int8", is_flag=True, help="model.int8.onnx: QDQ, symmetric INT8, per-channel weights (+ model.int8.plan with --trt).")
@@ -28,19 +28,19 @@ def _opt(name: str, *decls: str, **kwargs):
 @_opt("max_batch", type=int, help="Largest batch (ONNX dynamic dim bound, TensorRT profile max).")
 @_opt("min_batch", type=int, help="TensorRT profile min batch.")
 @_opt("opt_batch", type=int, help="TensorRT profile batch to tune for.")
-@_opt("calib_dir", type=click.Path(path_type=str), help="INT8 calibration images (default: the checkpoint's training images).")
+@_opt("calib_dir", type=PathParam(path_type=str), help="INT8 calibration images (default: the checkpoint's training images).")
 @_opt("calib_count", type=int, help="Number of calibration images.")
 @_opt("calib_method", type=click.Choice(CALIB_METHODS),
       help="INT8 calibration; auto tries each and keeps the best on validation images (all recorded in export.json).")
 @_opt("reduce_range", type=click.Choice(REDUCE_RANGE),
       help="7-bit INT8 weights; auto: on x86 CPUs without VNNI, where ONNX Runtime's INT8 can saturate.")
-@_opt("val_dir", type=click.Path(path_type=str),
+@_opt("val_dir", type=PathParam(path_type=str),
       help="Images for the parity check (default: the run's validation images, else synthetic).")
 @_opt("parity_count", type=int, help="At most this many parity images.")
 @_opt("workspace", type=float, help="TensorRT builder workspace, GiB.")
 @_opt("opt_level", type=int, help="TensorRT builder optimization level 0-5 (default: TensorRT's).")
 @_opt("device", type=int, help="CUDA device for TensorRT.")
-@_opt("triton", type=click.Path(file_okay=False, path_type=str), metavar="REPO",
+@_opt("triton", type=PathParam(file_okay=False, path_type=str), metavar="REPO",
       help="Also add the artifacts to this Triton model repository (REPO/<name>/config.pbtxt, labels.txt, 1/).")
 @_opt("triton_name", help="Triton model name of model.onnx; the others add _fp16, _int8, _fp16_trt, _int8_trt "
       "[default: the export folder's name].")

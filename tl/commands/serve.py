@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from tl.cli import field_option
+from tl.cli import PathParam, field_option
 from tl.runtime.backends import BACKEND_CHOICES
 from tl.runtime.serve.options import ServeOptions
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("source", metavar="MODEL_OR_REPO", type=click.Path(path_type=Path))
+@click.argument("source", metavar="MODEL_OR_REPO", type=PathParam(path_type=Path))
 @field_option(ServeOptions, "host", help="Address to listen on (0.0.0.0: every interface).")
 @field_option(ServeOptions, "port", type=click.IntRange(0, 65535), help="Port (0: any free one).")
 @field_option(ServeOptions, "max_batch", type=click.IntRange(min=1),
