@@ -1,21 +1,30 @@
 """Procedural, learnable image classes for the demo and the tests (no download needed).
 
 Each class is a shape drawn with random colour, position, scale and rotation over a
-cluttered background; files are a mix of JPEG and PNG. Same arguments, same bytes.
+cluttered background; files are a mix of JPEG and PNG. Same arguments, same bytes: so
+:func:`differences` can tell whether a folder is exactly the dataset some options make.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import io
 import math
+import os
+import shutil
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tl.runtime.files import atomic_path
+from tl.runtime.errors import TLError, escaped
+from tl.runtime.files import atomic_write_bytes, remove_stale_temps, stale_temps_note, temp_dir_beside, write_error
+from tl.runtime.progress import SILENT, Reporter
 from tl.train.options import SHAPES, SynthOptions
 
-__all__ = ["SHAPES", "SynthOptions", "draw_shape", "make_dataset"]
+__all__ = ["SHAPES", "SynthOptions", "differences", "draw_shape", "make_dataset"]
 
 def _polygon(cx, cy, r, n, rot, inner=None):
     pts = []
@@ -88,21 +97,70 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def make_dataset(out: str | Path, options: SynthOptions = SynthOptions()) -> Path:
-    """Write OUT/train/<class>/ and OUT/val/<class>/ and return OUT."""
+def _encode(shape: str, size: int, seed: list[int], jpeg: bool) -> bytes:
+    img = draw_shape(shape, size, np.random.default_rng(seed))
+    buf = io.BytesIO()
+    if jpeg:
+        img.save(buf, format="JPEG", quality=92)
+    else:
+        img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _files(options: SynthOptions) -> Iterator[tuple[Path, Callable[[], bytes]]]:
+    """Each file of the dataset: its path inside OUT, and how to make its bytes."""
     o = options
-    out = Path(out)
-    n_val = max(1, int(round(o.per_class * o.val_fraction)))
     for c, shape in enumerate(SHAPES[: o.classes]):
         for i in range(o.per_class):
-            rng = np.random.default_rng([o.seed, c, i])
-            img = draw_shape(shape, o.size, rng)
-            split = "val" if i < n_val else "train"
-            folder = out / split / shape
-            if i % 2 == 0:
-                with atomic_path(folder / f"{shape}_{i:04d}.jpg") as tmp:
-                    img.save(tmp, format="JPEG", quality=92)
-            else:
-                with atomic_path(folder / f"{shape}_{i:04d}.png") as tmp:
-                    img.save(tmp, format="PNG", optimize=False)
+            split = "val" if i < o.val_count else "train"
+            jpeg = i % 2 == 0
+            rel = Path(split, shape, f"{shape}_{i:04d}.{'jpg' if jpeg else 'png'}")
+            yield rel, functools.partial(_encode, shape, o.size, [o.seed, c, i], jpeg)
+
+
+def make_dataset(out: str | Path, options: SynthOptions = SynthOptions(), *, reporter: Reporter = SILENT) -> Path:
+    """Write OUT/train/<class>/ and OUT/val/<class>/ and return OUT.
+
+    The files are written into a temporary folder beside OUT that becomes OUT when every file is
+    there: a synth that fails or is killed part-way leaves no partial dataset (the next one removes
+    a killed one's folder). OUT must not exist or be empty.
+    """
+    out = Path(out)
+    removed = remove_stale_temps(out.parent, name=out.name)
+    if removed:
+        reporter.info(stale_temps_note(removed, out.parent))
+    staging = temp_dir_beside(out)
+    try:
+        with reporter.task("writing images", total=options.classes * options.per_class) as task:
+            for rel, encode in _files(options):
+                atomic_write_bytes(staging / rel, encode())
+                task.advance()
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _publish(staging: Path, out: Path) -> None:
+    try:
+        os.rename(staging, out)  # replaces an empty folder, never a non-empty one
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise TLError(f"{out} exists and is not empty; pick a new folder") from e
+        raise write_error(out, e) from e
+
+
+def differences(folder: str | Path, options: SynthOptions, *, limit: int = 5) -> list[str]:
+    """How ``folder`` differs from the dataset ``options`` make (files missing, changed or extra), at most
+    ``limit`` of them; empty when it is exactly that dataset, byte for byte."""
+    folder = Path(folder)
+    expected = dict(_files(options))
+    found = {p.relative_to(folder) for p in folder.rglob("*") if not p.is_dir()}
+    problems = [f"{escaped(p)} is extra" for p in sorted(found - set(expected))]
+    problems += [f"{p} is missing" for p in expected if p not in found]
+    for rel, encode in expected.items():
+        if len(problems) >= limit:
+            break
+        if rel in found and (folder / rel).read_bytes() != encode():
+            problems.append(f"{rel} differs")
+    return problems[:limit]

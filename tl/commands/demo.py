@@ -6,12 +6,15 @@ library (not the CLI): data -> train -> export -> predict -> bench -> summary.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import click
+
+from tl.cli import PathParam
 
 # Recipe chosen to beat chance (0.25) clearly within ~2 minutes on 2 CPU cores with no
 # pretrained weights. Measured: resnet18 from scratch at 48 px on 1800 training images
@@ -30,6 +33,8 @@ DEMO_TRAIN = {
 # Bench: the local device at batch 1 and 8, eager PyTorch vs every exported ONNX form.
 DEMO_BENCH = {"batch_sizes": (1, 8), "backends": ("eager", "ort", "trt"), "seconds": 2.0, "warmup": 3, "images": 64}
 DEMO_PREDICT_IMAGES = 6
+# What `tl train` writes into a run folder: OUT/run is replaced only when it holds nothing else.
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "history.png", "confusion.png", "batch.png", "spec.json")
 
 
 @dataclass
@@ -56,27 +61,75 @@ class DemoContext:
         return self.out / "bench"
 
 
-def step_data(ctx: DemoContext) -> None:
-    """Synthetic shapes into OUT/data (reused when already there: same arguments, same files)."""
-    from tl.train.synth import SynthOptions, make_dataset
+def _foreign(folder: Path, ours: set[str]) -> list[str]:
+    """The entries of ``folder`` that are not in ``ours`` (nor the lock or temporaries of a tl command)."""
+    from tl.runtime.files import LOCK_NAME
 
-    if not (ctx.data_dir / "train").is_dir():
-        make_dataset(ctx.data_dir, SynthOptions(**DEMO_DATA))
+    def tl_wrote(name: str) -> bool:
+        return name in ours or name == LOCK_NAME or any(
+            name.startswith(f".{o}.") and name.endswith(".tmp") for o in ours)
+
+    return sorted(p.name for p in folder.iterdir() if not tl_wrote(p.name))
+
+
+def _run_foreign(folder: Path) -> list[str]:
+    if not (folder / "spec.json").is_file():
+        return ["no spec.json: not a tl run folder"]
+    return _foreign(folder, set(RUN_FILES))
+
+
+def _export_foreign(folder: Path) -> list[str]:
+    import json
+
+    from tl.export.pipeline import STAGING
+    from tl.export.trt import TIMING_CACHE
+
+    try:
+        listed = {str(a["file"]) for a in json.loads((folder / "export.json").read_text())["artifacts"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["no readable export.json: not a tl export folder"]
+    return _foreign(folder, {"export.json", STAGING, TIMING_CACHE, *listed, *(f"{f}.json" for f in listed)})
+
+
+def _remove_own(folder: Path, foreign: Callable[[Path], list[str]], what: str) -> None:
+    """Remove ``folder`` for a new demo run, only when everything in it is what tl writes there."""
+    import shutil
+
+    from tl.runtime.errors import TLError, escaped
+
+    if not os.path.lexists(folder):
+        return
+    found = foreign(folder) if folder.is_dir() and not folder.is_symlink() else ["not a folder"]
+    if found:
+        listed = ", ".join(map(escaped, found[:5])) + (" ..." if len(found) > 5 else "")
+        raise TLError(f"{folder} is not a {what} the demo can replace ({listed}); the demo deletes only what tl "
+                      "wrote: move it away or pick another --out")
+    shutil.rmtree(folder)
+
+
+def step_data(ctx: DemoContext) -> None:
+    """Synthetic shapes into OUT/data (reused only when it is exactly that dataset: same arguments, same bytes)."""
+    from tl.runtime.errors import TLError
+    from tl.train.synth import SynthOptions, differences, make_dataset
+
+    options = SynthOptions(**DEMO_DATA)
+    if not os.path.lexists(ctx.data_dir):
+        make_dataset(ctx.data_dir, options)
+    elif problems := differences(ctx.data_dir, options) if ctx.data_dir.is_dir() else ["not a folder"]:
+        raise TLError(f"{ctx.data_dir} is not the demo's dataset ({'; '.join(problems)}); the demo reuses only "
+                      "the dataset it writes: move it away or pick another --out")
     ctx.results["data"] = ctx.data_dir
     ctx.console.print(f"[bold]data[/]: {ctx.data_dir} ({DEMO_DATA['classes']} classes, "
                       f"{DEMO_DATA['per_class']} images each, {DEMO_DATA['size']} px)")
 
 
 def step_train(ctx: DemoContext) -> None:
-    """Train from scratch on CPU; a previous demo run in OUT/run is replaced."""
-    import shutil
-
+    """Train from scratch on CPU; a previous demo run in OUT/run is replaced (only if it holds nothing else)."""
     from tl.console import RichReporter
     from tl.train import TrainOptions, fit
     from tl.commands.train import print_summary
 
-    if ctx.run_dir.exists():
-        shutil.rmtree(ctx.run_dir)
+    _remove_own(ctx.run_dir, _run_foreign, "run folder")
     with RichReporter(console=ctx.console) as reporter:
         result = fit(TrainOptions(data=ctx.data_dir, out=ctx.run_dir, **DEMO_TRAIN), reporter=reporter)
     if not result.interrupted:
@@ -89,15 +142,12 @@ def step_train(ctx: DemoContext) -> None:
 
 def step_export(ctx: DemoContext) -> None:
     """ONNX FP32 + INT8 (calibrated on the demo's training images), TensorRT FP16 when possible."""
-    import shutil
-
     from tl.console import RichReporter
     from tl.export import ExportOptions, export
     from tl.commands.export import parity_table
     from tl.runtime.gpu import tensorrt_usable
 
-    if ctx.export_dir.exists():
-        shutil.rmtree(ctx.export_dir)
+    _remove_own(ctx.export_dir, _export_foreign, "export folder")
     trt = tensorrt_usable()
     with RichReporter(console=ctx.console) as reporter:
         result = export(ExportOptions(checkpoint=ctx.results["train"].best_path, out=ctx.export_dir,
@@ -205,7 +255,7 @@ def run_demo(out: str | Path = "runs/demo", *, console=None,
 
 
 @click.command()
-@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="runs/demo", show_default=True, type=PathParam(file_okay=False),
               help="Folder for the data and everything the demo writes.")
 def demo(out):
     """The whole path on synthetic data: data -> train -> export -> predict -> bench.
