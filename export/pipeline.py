@@ -223,7 +223,7 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
     loaded = _load(options)
     triton_base = _check_triton_target(options, loaded[1])
     out = ensure_output_dir(options.output_dir(), option="--out")
-    with output_lock(out, "tl export"):
+    with output_lock(out, "tl export", reporter=reporter):
         _check_targets(out, _written_names(options))
         try:
             ctx = _prepare(options, reporter, loaded, out=out)

@@ -269,7 +269,7 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
     models = [describe(a, model_name(base, a)) for a in artifacts]
     for m in models:
         check_labels(m.spec)
-    with output_lock(repo, "tl export --triton"):
+    with output_lock(repo, "tl export --triton", reporter=reporter):
         check_models(repo, [m.name for m in models])
         staging = repo / STAGING
         if staging.exists():  # left by a killed export: we hold the lock, so nobody is writing it

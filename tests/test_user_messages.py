@@ -24,7 +24,7 @@ def test_synth_refuses_absurd_sizes_before_writing(tmp_path, args, fragment):
 def test_train_refuses_an_absurd_image_size_before_reading_data(tmp_path):
     r = run_tl_subprocess("train", tmp_path / "missing-data", "--image-size", "100000", "--out", tmp_path / "run",
                           timeout=60)
-    assert_user_error(r, "--image-size must be between 16 and 4096 pixels (got 100000)")
+    assert_user_error(r, "--image-size must be between 32 and 4096 pixels for vgg16 (got 100000)")
     assert not (tmp_path / "run").exists()
 
 

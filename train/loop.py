@@ -23,15 +23,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tl.runtime.errors import TLError
+from tl.runtime.errors import TLError, escaped
 from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.spec import ModelSpec
-from tl.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
+from tl.train.checkpoint import check_resumable, clean_state_dict, load_checkpoint, save_checkpoint
 from tl.train.data import ImageFileDataset, RunData, prepare_data
 from tl.train.distributed import (Ranks, is_peer_failure, per_rank_batch, process_group, rank_device, ranks_from_env,
-                                  share_from_main, sigterm_raises, signals_held, sum_across_ranks, train_sampler,
-                                  val_shard, wrap_model)
+                                  share_from_main, sigterm_raises, signals_held, stopped_with_launcher, sum_across_ranks,
+                                  train_sampler, val_shard, wrap_model)
 from tl.train.epoch import amp_dtype, evaluate, per_class_metrics, train_one_epoch
 from tl.train.interrupts import interrupts_caught, interrupts_held, raise_if_interrupted
 from tl.train.models import build_model, freeze, set_dropout
@@ -87,6 +87,7 @@ class _Run:
     best_confusion: list = field(default_factory=list)
     acc_epoch: int = 0  # last epoch whose val accuracy beat every earlier one (--patience)
     history: list[dict] = field(default_factory=list)
+    failed_pictures: set = field(default_factory=set)  # said once each
 
     def payload(self, *, metrics: dict | None = None) -> dict[str, Any]:
         return {
@@ -126,10 +127,11 @@ def fit(options: TrainOptions, *, reporter: Reporter = SILENT) -> TrainResult:
     reporter = reporter if ranks.is_main else SILENT
     per_rank_batch(options.batch_size, ranks.world_size)
     device = rank_device(options.device, ranks, sync_bn=options.sync_bn)
-    with process_group(ranks, device):
+    with stopped_with_launcher(ranks), process_group(ranks, device):
         resume = _load_resume(options)
+        _refuse_run_dir_around_data(_run_dir(options, resume), Path(options.data).expanduser())
         data, spec = _prepare_data(options, resume)
-        with _own_run_dir(options, resume, spec, ranks) as run_dir:  # one run per folder, claimed by rank 0
+        with _own_run_dir(options, resume, spec, ranks, reporter) as run_dir:  # one run per folder, claimed by rank 0
             run = _setup(options, resume, data, spec, run_dir, device, ranks)
             if resume is not None:
                 _restore(run, resume)
@@ -137,7 +139,7 @@ def fit(options: TrainOptions, *, reporter: Reporter = SILENT) -> TrainResult:
             if resume is not None:
                 reporter.info(f"resuming after epoch {run.epoch} from {options.resume}")
             stopped_early, interrupted = _run_epochs(run, reporter)
-            return _finish(run, stopped_early=stopped_early, interrupted=interrupted)
+            return _finish(run, reporter, stopped_early=stopped_early, interrupted=interrupted)
 
 
 # -- setup --------------------------------------------------------------------------------
@@ -149,8 +151,7 @@ def _load_resume(options: TrainOptions) -> dict[str, Any] | None:
         return None
     path = Path(options.resume)
     ckpt = load_checkpoint(path)
-    if "optimizer" not in ckpt or "scheduler" not in ckpt:
-        raise TLError(f"{path} has no optimizer state (a best.pt?); resume from the run's last.pt")
+    check_resumable(ckpt)
     arch = ckpt["spec"].get("arch")
     if arch != options.arch:
         raise TLError(f"{path} was trained as {arch}, not {options.arch}; drop --arch or start a new run")
@@ -170,6 +171,18 @@ def _run_dir(o: TrainOptions, resume: dict | None) -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
+def _refuse_run_dir_around_data(run_dir: Path, data: Path) -> None:
+    """The run folder's pictures and checkpoints inside DATA would become images of a class (or a class
+    of their own) in the next run; DATA inside the run folder would be mixed with its files."""
+    run, root = run_dir.expanduser().resolve(), data.resolve()
+    if run == root or root in run.parents:
+        raise TLError(f"--out {escaped(run_dir)} is inside the data folder {escaped(data)}: the run's pictures "
+                      f"would become training images; pass an --out outside {escaped(data)}")
+    if run in root.parents:
+        raise TLError(f"the data folder {escaped(data)} is inside the run folder {escaped(run_dir)}; "
+                      "pass an --out that does not hold the data")
+
+
 def _prepare_data(o: TrainOptions, resume: dict | None) -> tuple[RunData, ModelSpec]:
     """Read the data and make the spec, before the run folder is touched."""
     data = prepare_data(o.data, val_split=o.val_split, seed=o.seed, skip_bad=o.skip_bad)
@@ -186,15 +199,16 @@ def _prepare_data(o: TrainOptions, resume: dict | None) -> tuple[RunData, ModelS
 
 
 @contextlib.contextmanager
-def _own_run_dir(o: TrainOptions, resume: dict | None, spec: ModelSpec, ranks: Ranks):
-    """Rank 0 claims the run folder under its lock for the whole run; the others get its path, or its error."""
+def _own_run_dir(o: TrainOptions, resume: dict | None, spec: ModelSpec, ranks: Ranks, reporter: Reporter):
+    """Rank 0 claims the run folder under its lock for the whole run (the lock removes the temporaries a
+    killed run left, such as a half-written last.pt, and says so); the others get its path, or its error."""
     if not ranks.is_main:
         yield Path(share_from_main(ranks, None))
         return
     with contextlib.ExitStack() as stack:
         try:
             run_dir = ensure_output_dir(_run_dir(o, resume), option="--out")
-            run_dir = stack.enter_context(output_lock(run_dir, "tl train"))
+            run_dir = stack.enter_context(output_lock(run_dir, "tl train", reporter=reporter))
             _claim_run_dir(o, resume, run_dir, spec)
         except TLError as e:
             share_from_main(ranks, e)
@@ -299,7 +313,17 @@ def restore_scaler(scaler, state: dict) -> None:
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
-    """Weights, optimizer, scheduler, loss scale, RNG and the bookkeeping of a last.pt."""
+    """Weights, optimizer, scheduler, loss scale, RNG and the bookkeeping of a last.pt; state of the
+    right types (checked when loaded) that still does not fit this run is one error naming the file."""
+    try:
+        _restore_state(run, ckpt)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise TLError(f"{ckpt['path']} cannot be resumed: its saved training state does not fit this run "
+                      f"({type(e).__name__}: {why}); start a new run or resume from another last.pt") from e
+
+
+def _restore_state(run: _Run, ckpt: dict[str, Any]) -> None:
     run.model.load_state_dict(ckpt["state_dict"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -364,6 +388,9 @@ def _save_interrupted(run: _Run) -> Path | None:
     """Rank 0 saves where the run stands (weights of the last finished step); None on other ranks."""
     if not run.ranks.is_main:
         return None
+    if not all(torch.isfinite(t).all() for t in run.model.state_dict().values() if t.is_floating_point()):
+        # Stopped mid-epoch after the loss diverged: the last good epoch's checkpoints stay as they are.
+        _require_finite_losses(run, run.epoch + 1, weights=math.nan)
     with signals_held(run.ranks), interrupts_caught(), interrupts_held():  # a second Ctrl-C waits
         path = run.save_last(interrupted=True)
         _write_metrics(run.run_dir / "metrics.jsonl", run.history)
@@ -379,7 +406,8 @@ def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
     t0 = time.perf_counter()
     batch_png = run.run_dir / "batch.png"
     write_png = run.ranks.is_main and not batch_png.exists()
-    capture = (lambda x, y: _write_batch_png(x, y, run.spec, batch_png)) if write_png else None
+    capture = ((lambda x, y: _draw(run, reporter, batch_png, lambda: _write_batch_png(x, y, run.spec, batch_png)))
+               if write_png else None)
     with reporter.task(f"epoch {epoch}/{o.epochs}", total=len(run.train_loader)) as task:
         train_loss, train_acc = train_one_epoch(
             run.net, run.criterion, run.optimizer, run.scaler, run.train_loader, run.device,
@@ -390,6 +418,7 @@ def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
             run.model, run.val_loader, run.device, dtype=run.dtype, memory_format=run.memory_format,
             num_classes=len(run.data.classes), task=task, reduce=reduce,
         )
+    _require_finite_losses(run, epoch, train_loss=train_loss, val_loss=val_loss)
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     row = {
@@ -397,7 +426,7 @@ def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
         "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
     }
     with interrupts_held():  # best.pt, last.pt and the metrics of this epoch are written whole
-        _record_epoch(run, row, confusion)
+        _record_epoch(run, row, confusion, reporter)
     reporter.info(
         f"epoch {epoch}/{o.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
         f"val loss {val_loss:.4f} acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
@@ -405,7 +434,20 @@ def _one_epoch(run: _Run, epoch: int, reporter: Reporter) -> None:
     )
 
 
-def _record_epoch(run: _Run, row: dict, confusion: np.ndarray) -> None:
+def _require_finite_losses(run: _Run, epoch: int, **losses: float) -> None:
+    """A loss that is NaN or infinite means the weights are too: stop before they are saved, keeping the
+    checkpoints of the last good epoch. The losses are summed over the ranks, so every rank stops here alike."""
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if not bad:
+        return
+    what = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in bad.items())
+    kept = (f"{run.run_dir / 'last.pt'} (epoch {run.epoch}) and best.pt (epoch {run.best_epoch}) are kept"
+            if run.epoch else "no checkpoint was written")
+    raise TLError(f"training diverged in epoch {epoch} ({what}); {kept}; start again with a lower --lr "
+                  "(or a smaller --weight-decay, --momentum or --gamma)")
+
+
+def _record_epoch(run: _Run, row: dict, confusion: np.ndarray, reporter: Reporter) -> None:
     """Best so far (val accuracy, ties by lower loss) -> best.pt; always last.pt, metrics, curves."""
     epoch, val_acc, val_loss = row["epoch"], row["val_acc"], row["val_loss"]
     run.epoch = epoch
@@ -424,7 +466,23 @@ def _record_epoch(run: _Run, row: dict, confusion: np.ndarray) -> None:
     _write_metrics(run.run_dir / "metrics.jsonl", run.history)
     from tl.train.plots import plot_history
 
-    plot_history(run.history, run.run_dir / "history.png")
+    history_png = run.run_dir / "history.png"
+    _draw(run, reporter, history_png, lambda: plot_history(run.history, history_png))
+
+
+def _draw(run: _Run, reporter: Reporter, path: Path, draw) -> None:
+    """Pictures are a convenience beside the checkpoints: one that cannot be drawn (memory, a full disk,
+    a font) is a warning, said once per picture, and never the end of a run."""
+    try:
+        draw()
+    except Exception as e:  # noqa: BLE001 - whatever matplotlib raises; Ctrl-C and a stopping rank still stop
+        if is_peer_failure(e):
+            raise
+        if path.name not in run.failed_pictures:
+            run.failed_pictures.add(path.name)
+            why = str(e).splitlines()[0][:200] if str(e) else ""
+            reporter.warning(f"could not draw {escaped(path)} ({type(e).__name__}{': ' if why else ''}"
+                             f"{escaped(why)}); the run's checkpoints are not affected")
 
 
 @contextlib.contextmanager
@@ -466,7 +524,7 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
 # -- finish -------------------------------------------------------------------------------
 
 
-def _finish(run: _Run, *, stopped_early: bool, interrupted: bool) -> TrainResult:
+def _finish(run: _Run, reporter: Reporter, *, stopped_early: bool, interrupted: bool) -> TrainResult:
     """The best epoch's confusion matrix picture and per-class figures, as a result."""
     classes = run.data.classes
     per_class: list[dict] = []
@@ -474,7 +532,9 @@ def _finish(run: _Run, *, stopped_early: bool, interrupted: bool) -> TrainResult
         from tl.train.plots import plot_confusion
 
         confusion = np.asarray(run.best_confusion)
-        plot_confusion(confusion, classes, run.run_dir / "confusion.png", title=f"val, epoch {run.best_epoch}")
+        confusion_png = run.run_dir / "confusion.png"
+        _draw(run, reporter, confusion_png,
+              lambda: plot_confusion(confusion, classes, confusion_png, title=f"val, epoch {run.best_epoch}"))
         per_class = per_class_metrics(confusion, classes)
     return TrainResult(
         run_dir=run.run_dir, best_path=run.run_dir / "best.pt", last_path=run.run_dir / "last.pt", spec=run.spec,

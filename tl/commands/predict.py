@@ -7,6 +7,7 @@ top level imports only click and the standard library, so `tl --help` stays ligh
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import sys
@@ -15,12 +16,29 @@ from typing import Sequence
 
 import click
 
-from tl.cli import field_option
+from tl.cli import PathParam, field_option
 from tl.runtime.backends.registry import BACKEND_CHOICES, OPENVINO_PRECISIONS
 from tl.runtime.errors import TLError
 from tl.runtime.predict import PredictOptions
 
 FORMATS = ("table", "json", "csv")
+STDOUT = "-"  # -o -: the results on stdout, as without -o
+
+
+def _one_line_errors(command):
+    """An error of these commands stays one line: the file names in it are shown with their newlines
+    and escape sequences escaped (a name is data from anywhere)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from tl.console import printable
+
+        try:
+            return command(*args, **kwargs)
+        except TLError as e:
+            raise TLError(printable(e)) from e
+
+    return run
 
 
 def _opt(name: str, *decls: str, **kwargs):
@@ -28,23 +46,25 @@ def _opt(name: str, *decls: str, **kwargs):
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("model", type=PathParam(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=PathParam(path_type=Path))
 @_opt("top_k", type=click.IntRange(min=1), help="Classes listed per image.")
 @_opt("batch_size", type=click.IntRange(min=1), help="Images per inference call.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table for people; json (one object per line) or csv for scripts.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the results here instead of stdout.")
+@click.option("--output", "-o", type=PathParam(path_type=Path),
+              help="Write the results here instead of stdout (- is stdout; a FIFO or device is written as a stream).")
 @_opt("backend", type=click.Choice(BACKEND_CHOICES),
       help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT; openvino runs .onnx on OpenVINO.")
 @_opt("providers", help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: best available).")
-@_opt("spec", type=click.Path(path_type=Path), help="spec.json for a model that carries none.")
+@_opt("spec", type=PathParam(path_type=Path), help="spec.json for a model that carries none.")
 @_opt("device", type=int, help="GPU index.")
 @_opt("threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
 @_opt("inference_precision", type=click.Choice(OPENVINO_PRECISIONS), show_default=False,
       help="OpenVINO only: what an FP32 model computes in [default: f32; default = OpenVINO's choice, bf16 on AMX CPUs].")
 @click.option("--precision", "old_precision", hidden=True, type=click.Choice(OPENVINO_PRECISIONS),
               help="The older spelling of --inference-precision.")
+@_one_line_errors
 def predict(model, paths, fmt, output, old_precision, **kwargs):
     """Classify images (files or folders, walked recursively) with an exported model.
 
@@ -52,26 +72,29 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
       tl predict exports/x/model.int8.onnx photos/
       tl predict model.fp16.plan a.jpg b.png --format json
     """
-    from tl.console import RichReporter, stderr_console
+    from tl.console import RichReporter, printable, stderr_console
     from tl.runtime.predict import classify_inputs, collect_inputs, load_classifier
 
     if kwargs["inference_precision"] is None:
         kwargs["inference_precision"] = old_precision
     options = PredictOptions(model=model, paths=paths, **kwargs)
     found = collect_inputs(paths)
+    if output is not None and str(output) == STDOUT:
+        output = None
     if output is not None:
         check_output(output, model=model, spec=options.spec, paths=paths, found=found)
-    with load_classifier(options) as clf, RichReporter() as reporter:
+    reporter = RichReporter()  # entered once the model loads: an error before is one line, no progress display
+    with load_classifier(options, reporter=reporter) as clf, reporter:
         result = classify_inputs(clf, found, options, reporter=reporter)
     text = _render(result, fmt)
     if output is not None:
-        from tl.runtime.files import atomic_write_text
+        from tl.runtime.files import write_output
 
-        atomic_write_text(output, text)
+        write_output(output, text.encode("utf-8"))
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-    stderr_console().print(_summary(result, output), highlight=False, soft_wrap=True)
+    stderr_console().print(printable(_summary(result, output)), highlight=False, soft_wrap=True, markup=False)
     if result.failures:
         listed = "; ".join(f"{f}" for f, _ in result.failures[:5]) + (" ..." if len(result.failures) > 5 else "")
         raise TLError(f"{len(result.failures)} of {len(found.images)} images could not be read: {listed} "
@@ -79,9 +102,10 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=PathParam(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--no-env", is_flag=True, help="Leave out the environment section.")
+@_one_line_errors
 def info(model, fmt, no_env):
     """Show a model's spec, the artifact (opset, precision, shapes, size, build record) and the environment."""
     run_info(model=model, fmt=fmt, env=not no_env)
@@ -90,7 +114,7 @@ def info(model, fmt, no_env):
 def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequence[str | Path], found) -> None:
     """``-o`` never replaces what predict reads: the model, its sidecar, a spec or an input file."""
     from tl.runtime.artifact import ENGINE_SUFFIXES
-    from tl.runtime.files import check_writable
+    from tl.runtime.files import check_output_target
     from tl.runtime.sidecar import sidecar_path
 
     output = Path(output)
@@ -108,7 +132,7 @@ def check_output(output: Path, *, model: Path, spec: Path | None, paths: Sequenc
         if path.resolve() == target or (output.exists() and path.exists() and output.samefile(path)):
             raise TLError(f"-o {output} is {what} ({path}); writing the results there would destroy it: "
                           "give another file name")
-    check_writable(output)  # before the images are classified, not after
+    check_output_target(output)  # before the images are classified, not after
 
 
 def _summary(result, output: Path | None) -> str:
@@ -122,15 +146,18 @@ def _summary(result, output: Path | None) -> str:
 
 
 def _render(result, fmt: str) -> str:
+    from tl.runtime.predict import output_row, text_name  # names that are not UTF-8 are written escaped
+
     preds = result.predictions
     if fmt == "json":
-        return "".join(json.dumps(p.to_dict()) + "\n" for p in preds)
+        return "".join(json.dumps(output_row(p)) + "\n" for p in preds)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["source", "label", "index", "score", "top_k"])
-        for p in preds:
-            w.writerow([p.source, p.label, p.index, f"{p.score:.6f}", ";".join(f"{l}:{s:.6f}" for l, s in p.top_k)])
+        for r in map(output_row, preds):
+            w.writerow([r["source"], r["label"], r["index"], f"{r['score']:.6f}",
+                        ";".join(f"{k['label']}:{k['score']:.6f}" for k in r["top_k"])])
         return buf.getvalue()
     from rich.console import Console
     from rich.table import Table
@@ -144,8 +171,8 @@ def _render(result, fmt: str) -> str:
     table.add_column("score", justify="right")
     table.add_column("top-k")
     for p in preds:
-        table.add_row(safe(shown.get(p.source or "", p.source or "<array>")), safe(p.label), f"{p.score:.3f}",
-                      ", ".join(f"{safe(l)} {s:.3f}" for l, s in p.top_k[1:]))
+        name = text_name(shown.get(p.source or "", p.source or "<array>"))
+        table.add_row(safe(name), safe(p.label), f"{p.score:.3f}", ", ".join(f"{safe(l)} {s:.3f}" for l, s in p.top_k[1:]))
     buf = io.StringIO()
     Console(file=buf, width=120, no_color=True, highlight=False).print(table)
     return buf.getvalue()

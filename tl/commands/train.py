@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tl.cli import field_option
-from tl.runtime.errors import TLError
+from tl.cli import PathParam, field_option
+from tl.runtime.errors import TLError, escaped
 from tl.train.options import (ARCHS, AUGMENT_ALIASES, AUGMENTS, FREEZE, INTERPOLATIONS, OPTIMIZERS, RESIZE_MODES,
                               SCHEDULERS, TrainOptions)
 
@@ -39,8 +39,8 @@ class _ChoiceWithAliases(click.Choice):
 
 
 @click.command()
-@click.argument("data_dir", metavar="DATA", required=False, type=click.Path())
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/<timestamp>].")
+@click.argument("data_dir", metavar="DATA", required=False, type=PathParam())
+@click.option("--out", type=PathParam(file_okay=False), help="Run folder [default: runs/<timestamp>].")
 @_option("arch", type=click.Choice(ARCHS), metavar="ARCH",
          help=f"torchvision model, its head sized to DATA's classes: {', '.join(ARCHS)}.")
 @_option("weights", help="imagenet (torchvision's cache/download), none, or PATH to a torchvision state_dict.")
@@ -74,7 +74,7 @@ class _ChoiceWithAliases(click.Choice):
               help="Train as N DDP processes on this machine (one per GPU, or CPU processes); see torchrun for several machines.")
 @_option("sync_bn", is_flag=True, show_default=False,
          help="DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm).")
-@click.option("--resume", type=click.Path(dir_okay=False), help="Continue a run from its last.pt.")
+@click.option("--resume", type=PathParam(dir_okay=False), help="Continue a run from its last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train(ctx, data_dir, resume, no_progress, nproc_per_node, **kwargs):
@@ -90,7 +90,8 @@ def train(ctx, data_dir, resume, no_progress, nproc_per_node, **kwargs):
     if nproc_per_node is not None:
         if distributed.ranks_from_env().distributed:
             raise TLError("--nproc-per-node starts the ranks; under torchrun, give the process count to torchrun")
-        sys.exit(distributed.launch(_worker_argv(ctx), nproc_per_node, batch_size=options.batch_size))
+        sys.exit(distributed.launch(_worker_argv(ctx), nproc_per_node, batch_size=options.batch_size,
+                                    device=options.device))
     if not distributed.ranks_from_env().is_main:
         sys.exit(_run_rank(options))
     try:
@@ -182,8 +183,8 @@ def print_summary(result: "TrainResult", *, console: "Console") -> None:
 
     print_table(render_summary(result), console)
     if result.skipped:
-        shown = ", ".join(result.skipped[:5]) + (" ..." if len(result.skipped) > 5 else "")
-        console.print(f"skipped {len(result.skipped)} bad image(s): {shown}", soft_wrap=True, highlight=False,
+        names = ", ".join(escaped(p) for p in result.skipped[:5]) + (" ..." if len(result.skipped) > 5 else "")
+        console.print(f"skipped {len(result.skipped)} bad image(s): {names}", soft_wrap=True, highlight=False,
                       markup=False)
     if result.stopped_early:
         console.print(f"stopped early after epoch {result.epochs_run} (--patience)")
