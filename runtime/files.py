@@ -127,6 +127,12 @@ def temp_dir_beside(path: str | Path) -> Path:
     return tmp
 
 
+def temp_target(name: str) -> str | None:
+    """The NAME a tl temporary (``.NAME.tl<pid>.*.tmp``) is being written for; None for any other name."""
+    m = _TEMP_NAME.fullmatch(name)
+    return m["name"] if m else None
+
+
 def temp_prefix(name: str) -> str:
     """mkstemp/mkdtemp prefix of a temporary beside ``name`` (suffix ``.tmp``), marked with this process."""
     return f".{name}.tl{os.getpid()}."
@@ -208,6 +214,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode: int, default: str = "not a regular file") -> str:
+    """What a file of ``mode`` (st_mode) that is neither a regular file nor a folder is, for a message."""
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), default)
 
 
 def is_stream(path: str | Path) -> bool:

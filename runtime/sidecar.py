@@ -14,7 +14,7 @@ from typing import Any
 
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_text
-from tl.runtime.spec import ModelSpec
+from tl.runtime.spec import ModelSpec, newer_format
 
 SIDECAR_FORMAT = 1
 
@@ -82,8 +82,7 @@ def _check_sidecar_format(fmt, path: Path) -> None:
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise TLError(f"{path}: not a valid tl engine sidecar (format {fmt!r})")
     if fmt > SIDECAR_FORMAT:
-        raise TLError(f"{path}: sidecar format {fmt} is newer than this tl reads (format {SIDECAR_FORMAT}); "
-                      "upgrade tl (pip install -U tl) to use this engine")
+        raise TLError(f"{path}: {newer_format('sidecar', fmt, SIDECAR_FORMAT, 'engine')}")
 
 
 def check_compatible(build: BuildRecord, *, tensorrt_version: str, compute_capability: str, engine: str | Path = "engine") -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tl.runtime.errors import TLError
+from tl.runtime.files import special_kind
 
 FORMAT = 1
 # Far above any real input (torchvision's models are trained at 224-600 px) and far below
@@ -204,8 +205,13 @@ def check_format(fmt: Any) -> None:
     if not _is_int(fmt) or fmt < 1:
         raise TLError(f"invalid model spec: format {fmt!r} is not a format version (this tl reads format {FORMAT})")
     if fmt > FORMAT:
-        raise TLError(f"model spec format {fmt} is newer than this tl reads (format {FORMAT}); "
-                      "upgrade tl (pip install -U tl) to use this model")
+        raise TLError(newer_format("model spec", fmt, FORMAT, "model"))
+
+
+def newer_format(what: str, fmt: int, newest: int, use: str) -> str:
+    """The message for a file written by a newer tl: its fields may mean what this tl would misread."""
+    return (f"{what} format {fmt} is newer than this tl reads (format {newest}); "
+            f"upgrade tl (pip install -U tl) to use this {use}")
 
 
 def require_regular_file(path: Path, what: str) -> None:
@@ -221,10 +227,7 @@ def require_regular_file(path: Path, what: str) -> None:
     if stat.S_ISDIR(mode):
         raise TLError(f"{path} is a folder; pass a {what}")
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                                             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-                     if test(mode)), "not a regular file")
-        raise TLError(f"{path} is {kind}, not a file; pass the {what} as a regular file")
+        raise TLError(f"{path} is {special_kind(mode)}, not a file; pass the {what} as a regular file")
 
 
 def _is_int(x: Any) -> bool:

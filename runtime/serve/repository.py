@@ -13,18 +13,16 @@ The spec travels inside each artifact, so config.pbtxt is read only for ``platfo
 from __future__ import annotations
 
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from tl.runtime.artifact import MODEL_SUFFIXES, TRITON_FILES, kind_of
 from tl.runtime.errors import TLError
+from tl.runtime.files import special_kind
 
 NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit also takes '²', which int() refuses
 WHAT_TO_GIVE = "give a model file (.onnx, .plan) or a Triton-layout repository folder"
-SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                 (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
 
 @dataclass(frozen=True)
@@ -105,8 +103,7 @@ def _max_batch(config: Path, text: str) -> int | None:
 
 
 def _file_kind(path: Path) -> str:
-    mode = path.stat().st_mode
-    return next((what for test, what in SPECIAL_FILES if test(mode)), "neither a file nor a folder")
+    return special_kind(path.stat().st_mode, "neither a file nor a folder")
 
 
 def _config_field(text: str, key: str) -> str | None:
