@@ -280,11 +280,18 @@ def _earlier_report(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def _listed(folder: Path) -> set[str]:
-    """The file names the earlier export.json lists as its artifacts, and their engines' sidecars."""
-    data = _earlier_report(folder) or {}
-    files = {Path(str(a["file"])).name for a in data.get("artifacts", []) if isinstance(a, dict) and a.get("file")}
+def recorded_files(folder: str | Path) -> set[str] | None:
+    """The file names the export.json in ``folder`` lists as its artifacts, and their engines' sidecars;
+    None where there is no export.json tl wrote."""
+    data = _earlier_report(Path(folder))
+    if data is None:
+        return None
+    files = {Path(str(a["file"])).name for a in data["artifacts"] if isinstance(a, dict) and a.get("file")}
     return files | {sidecar_path(f).name for f in files}
+
+
+def _listed(folder: Path) -> set[str]:
+    return recorded_files(folder) or set()
 
 
 def _stamped(path: Path) -> bool:

@@ -63,11 +63,10 @@ class DemoContext:
 
 def _foreign(folder: Path, ours: set[str]) -> list[str]:
     """The entries of ``folder`` that are not in ``ours`` (nor the lock or temporaries of a tl command)."""
-    from tl.runtime.files import LOCK_NAME
+    from tl.runtime.files import LOCK_NAME, temp_target
 
     def tl_wrote(name: str) -> bool:
-        return name in ours or name == LOCK_NAME or any(
-            name.startswith(f".{o}.") and name.endswith(".tmp") for o in ours)
+        return name in ours or name == LOCK_NAME or temp_target(name) in ours
 
     return sorted(p.name for p in folder.iterdir() if not tl_wrote(p.name))
 
@@ -79,16 +78,13 @@ def _run_foreign(folder: Path) -> list[str]:
 
 
 def _export_foreign(folder: Path) -> list[str]:
-    import json
-
-    from tl.export.pipeline import STAGING
+    from tl.export.pipeline import REPORT, STAGING, recorded_files
     from tl.export.trt import TIMING_CACHE
 
-    try:
-        listed = {str(a["file"]) for a in json.loads((folder / "export.json").read_text())["artifacts"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    listed = recorded_files(folder)
+    if listed is None:
         return ["no readable export.json: not a tl export folder"]
-    return _foreign(folder, {"export.json", STAGING, TIMING_CACHE, *listed, *(f"{f}.json" for f in listed)})
+    return _foreign(folder, {REPORT, STAGING, TIMING_CACHE, *listed})
 
 
 def _remove_own(folder: Path, foreign: Callable[[Path], list[str]], what: str) -> None:
