@@ -11,6 +11,11 @@ common.py's timing-cache helpers, strongly_type_autocast/sample.py):
   Q/DQ may run in FP16; strongly typed (11) they run in FP32, and the sidecar says so.
 - One optimization profile over the batch dimension; a timing cache file kept beside
   the engines and reused by the next build; the engine is a plain serialized plan.
+- TF32: TensorRT allows it for FP32 layers by default (BuilderFlag.TF32). The FP16/INT8
+  engines keep it for their FP32 layers and the sidecar says so; a route whose precision is
+  fp32 clears it, so an FP32 engine computes what its name says.
+- The build runs on GPU ``device``: it is made the current device first (as trtexec does),
+  so the GPU the sidecar records is the GPU the engine was built and tuned on.
 
 Everything that does not need TensorRT (profile shapes, route choice from a feature
 probe, the build record) is a plain function, tested on any machine.
@@ -28,7 +33,7 @@ from tl.export.options import ExportOptions
 from tl.runtime.artifact import ARTIFACTS, CHECKPOINT_KEY, DEFAULT_MAX_BATCH, artifact_for, onnx_metadata
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_bytes, sha256_file
-from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_tensorrt, trt_create
+from tl.runtime.gpu import NO_GPU, GpuDevice, find_gpu, import_cudart, import_tensorrt, trt_create, use_device
 from tl.runtime.sidecar import BuildRecord, write_sidecar
 from tl.runtime.spec import ModelSpec
 
@@ -122,9 +127,14 @@ def profile_shapes(spec: ModelSpec, options: TrtOptions) -> dict[str, list[int]]
     return {"min": [lo, *chw], "opt": [opt, *chw], "max": [hi, *chw]}
 
 
+def tf32_allowed(route: Route) -> bool:
+    """Whether the build may compute FP32 layers in TF32: not for an fp32 route (its precision is the promise)."""
+    return route.precision != "fp32"
+
+
 def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features: TrtFeatures, gpu: GpuDevice,
                  onnx_path: str | Path, onnx_sha256: str, seconds: float, tl_version: str = "",
-                 timing_cache: str | None = None, checkpoint_sha256: str = "") -> BuildRecord:
+                 timing_cache: str | None = None, checkpoint_sha256: str = "", tf32: bool | None = None) -> BuildRecord:
     """Everything the sidecar records about a build (the runtime refuses a mismatched GPU/TensorRT)."""
     return BuildRecord(
         tensorrt_version=features.version,
@@ -142,7 +152,7 @@ def build_record(*, spec: ModelSpec, route: Route, options: TrtOptions, features
         tl_version=tl_version,
         checkpoint_sha256=checkpoint_sha256,
         extra={"builder_flags": list(route.builder_flags), "network_flags": list(route.network_flags),
-               "route": route.note, "timing_cache": timing_cache},
+               "route": route.note, "timing_cache": timing_cache, "tf32": tf32},
     )
 
 
@@ -257,11 +267,27 @@ def _config(trt, builder, network, route: Route, options: TrtOptions, features: 
         config.builder_optimization_level = int(options.opt_level)
     for name in route.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if hasattr(trt.BuilderFlag, "TF32") and not tf32_allowed(route):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default
     profile = builder.create_optimization_profile()
     profile.set_shape(network.get_input(0).name, min=tuple(shapes["min"]), opt=tuple(shapes["opt"]),
                       max=tuple(shapes["max"]))
     config.add_optimization_profile(profile)
     return config
+
+
+def select_build_device(device: int) -> None:
+    """Make GPU ``device`` current for the builder on this thread (TensorRT builds on the current device).
+
+    Without cuda-python only GPU 0, CUDA's default, can be chosen.
+    """
+    try:
+        cudart = import_cudart()
+    except TLError:
+        if int(device) == 0:
+            return
+        raise
+    use_device(cudart, device)
 
 
 def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, options: TrtOptions = TrtOptions(),
@@ -283,6 +309,7 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     if not onnx_path.is_file():
         raise TLError(f"{onnx_path} is missing; export it first (tl export --onnx{' --int8' if precision == 'int8' else ''})")
 
+    select_build_device(device)
     builder, network = _network(trt, trt.Logger(trt.Logger.WARNING), route, onnx_path)
     config = _config(trt, builder, network, route, options, features, shapes)
     cache_path = out_dir / TIMING_CACHE
@@ -298,7 +325,8 @@ def build_engine(*, out_dir: str | Path, spec: ModelSpec, precision: str, option
     record = build_record(spec=spec, route=route, options=options, features=features, gpu=gpu,
                           onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), seconds=seconds,
                           tl_version=str(tl_version), timing_cache=cache_state,
-                          checkpoint_sha256=onnx_metadata(onnx_path).get(CHECKPOINT_KEY, ""))
+                          checkpoint_sha256=onnx_metadata(onnx_path).get(CHECKPOINT_KEY, ""),
+                          tf32=hasattr(trt.BuilderFlag, "TF32") and tf32_allowed(route))
     engine = out_dir / artifact_for("engine", precision).file
     atomic_write_bytes(engine, memoryview(plan).tobytes())
     write_sidecar(engine, spec, record)

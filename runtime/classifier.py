@@ -10,7 +10,9 @@ The backend (ONNX Runtime or TensorRT; OpenVINO on request) is chosen by file su
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -47,10 +49,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier:
-    """One model, one backend; ``predict`` takes paths, PIL images or uint8 HWC arrays."""
+    """One model, one backend; ``predict`` takes paths, PIL images or uint8 HWC arrays.
+
+    Thread-safe: ``predict``, ``predict_logits`` and ``device_compute_ms`` may be called from
+    several threads. A TensorRT engine (one execution context, one set of pinned buffers) and
+    an OpenVINO model (one infer request) run one call at a time behind a lock; ONNX Runtime
+    sessions run concurrent calls as they are. For parallel TensorRT inference, load one
+    Classifier per thread (each has its own context and buffers).
+    """
 
     def __init__(self, backend: Backend):
         self.backend = backend
+        concurrent = getattr(backend, "concurrent_run", False)
+        self._lock = contextlib.nullcontext() if concurrent else threading.Lock()
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", providers=None, device: int = 0,
@@ -61,7 +72,8 @@ class Classifier:
         (TensorRT + its .json sidecar).
 
         spec: a ModelSpec or spec.json for files that carry none (an ONNX from elsewhere).
-        providers: ONNX Runtime only; None/"auto" = TensorRT EP -> CUDA -> CPU, or e.g. "cpu".
+        providers: ONNX Runtime only; None/"auto" = CUDA -> CPU, or e.g. "cpu"; the TensorRT EP only when
+        named ("trt,cuda,cpu": it builds an engine inside ONNX Runtime on first use, minutes on a Jetson).
         inference_precision, hint: OpenVINO only; what it computes an FP32 model in, f32 (default) |
         bf16 | f16 | default (OpenVINO's choice: bf16 on AMX CPUs), and the latency (default) |
         throughput hint. ``precision`` is the older spelling of ``inference_precision``; the
@@ -141,7 +153,8 @@ class Classifier:
             k = chunk.shape[0]
             if k < lo:  # e.g. a fixed-batch model: pad with copies, keep the first k rows
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - k, axis=0)])
-            outs.append(self.backend.run(chunk)[:k])
+            with self._lock:
+                outs.append(self.backend.run(chunk)[:k])
         logits = np.concatenate(outs).astype(np.float32, copy=False)
         if logits.shape != (n, self.spec.num_classes):
             raise TLError(f"{self.path}: the model returned shape {logits.shape}, but its spec has "
@@ -180,11 +193,13 @@ class Classifier:
 
     def device_compute_ms(self, batch: np.ndarray, iters: int = 50) -> list[float] | None:
         """Device time per call, back to back, input on the GPU; None where the backend cannot tell."""
-        return self.backend.device_compute_ms(batch, iters)
+        with self._lock:
+            return self.backend.device_compute_ms(batch, iters)
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
-        self.backend.close()
+        with self._lock:  # never while another thread's call uses the buffers
+            self.backend.close()
 
     def __enter__(self) -> "Classifier":
         return self

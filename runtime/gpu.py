@@ -23,7 +23,8 @@ CUDA_PYTHON_MISSING = (
     "bring it): pip install 'tl[gpu-cu12]' for TensorRT built for CUDA 12, 'tl[gpu-cu13]' for CUDA 13"
 )
 
-# What a cudaGetDeviceCount / cudaSetDevice failure means, and what to do about it.
+# What a failed CUDA runtime call means, and what to do about it. The busy / exclusive-process and
+# initialisation errors come only from a call that creates the device's context (use_device).
 CUDA_ERROR_HINTS = {
     "cudaErrorNoDevice": "no CUDA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
     "cudaErrorInsufficientDriver": (
@@ -36,6 +37,11 @@ CUDA_ERROR_HINTS = {
     "cudaErrorDevicesUnavailable": "the GPU is busy or in exclusive-process mode (see nvidia-smi)",
     "cudaErrorInitializationError": "CUDA could not initialise (driver not loaded, or no access to /dev/nvidia*)",
     "cudaErrorOperatingSystem": "the operating system refused CUDA (container without GPU access?)",
+    "cudaErrorMemoryAllocation": (
+        "out of memory (GPU memory, or pinned host memory on a Jetson, whose GPU shares it): close other programs "
+        "using the GPU (nvidia-smi, or tegrastats on a Jetson) or use a smaller batch / engine --max-batch"
+    ),
+    "cudaErrorInvalidDevice": "no GPU with this index is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
 }
 
 
@@ -94,11 +100,19 @@ def cuda_error_name(err: Any) -> str:
     return str(getattr(err, "name", err))
 
 
-def cuda_call(cudart, result):
-    """cudart calls return (err, *values); raise on error, return the value(s)."""
+class CudaError(TLError, RuntimeError):
+    """A CUDA runtime call failed: one line naming the call, the error and what to do (a RuntimeError too,
+    for callers that catch CUDA failures as such)."""
+
+
+def cuda_call(cudart, result, doing: str = "a CUDA runtime call"):
+    """cudart calls return (err, *values); raise a CudaError on error, return the value(s).
+
+    ``doing`` names the call for the message ("allocating 12 MB on the GPU (cudaMalloc)").
+    """
     err, rest = result[0], result[1:]
     if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA runtime error {cuda_error_name(err)}")
+        raise CudaError(explain_cuda_error(cuda_error_name(err), doing))
     if not rest:
         return None
     return rest[0] if len(rest) == 1 else rest
@@ -108,6 +122,24 @@ def explain_cuda_error(name: str, doing: str = "starting CUDA") -> str:
     """One sentence for a failed CUDA call: the error's name, what it means, what to do."""
     hint = CUDA_ERROR_HINTS.get(name, "see nvidia-smi, and check that the driver supports this cuda-python")
     return f"{doing} failed with {name}: {hint}"
+
+
+def use_device(cudart, index: int) -> None:
+    """Make GPU ``index`` current on the calling thread and create its context now.
+
+    cudaFree(0) forces the context, so a GPU that is busy, in exclusive-process mode or cannot
+    initialise is named here, with its hint, rather than by the first allocation or by TensorRT.
+    """
+    cuda_call(cudart, cudart.cudaSetDevice(int(index)), f"selecting GPU {index} (cudaSetDevice)")
+    cuda_call(cudart, cudart.cudaFree(0), f"starting CUDA on GPU {index} (cudaFree(0) creates its context)")
+
+
+def ensure_device(cudart, index: int) -> None:
+    """GPU ``index`` current on the calling thread: CUDA keeps the current device per host thread, so every
+    thread that launches work (a server's batcher, an application's workers) must set it; cudaGetDevice is a
+    host-side query, so the check costs nothing on the thread that already has it."""
+    if cuda_call(cudart, cudart.cudaGetDevice(), "reading the current GPU (cudaGetDevice)") != int(index):
+        cuda_call(cudart, cudart.cudaSetDevice(int(index)), f"selecting GPU {index} (cudaSetDevice)")
 
 
 @dataclass(frozen=True)
@@ -132,11 +164,12 @@ def cuda_device(cudart, index: int = 0) -> GpuDevice:
     if not 0 <= index < count:
         raise TLError(f"GPU {index} does not exist (this machine has {count}); pass a device between 0 and {count - 1}")
     attr = cudart.cudaDeviceAttr
-    major = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, index))
-    minor = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, index))
+    doing = f"reading GPU {index}'s compute capability (cudaDeviceGetAttribute)"
+    major = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, index), doing)
+    minor = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, index), doing)
     name = ""
     try:
-        raw = cuda_call(cudart, cudart.cudaGetDeviceProperties(index)).name
+        raw = cuda_call(cudart, cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties").name
         name = raw.decode(errors="replace").rstrip("\x00") if isinstance(raw, bytes) else str(raw)
     except Exception:  # the name is cosmetic; never fail on it
         pass

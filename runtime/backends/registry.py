@@ -32,6 +32,9 @@ class Backend(Protocol):
     precision: str  # what really runs: "fp32" | "fp16" | "int8" | "bf16" (OpenVINO)
     min_batch: int  # batches below it are padded (engines whose profile starts above 1)
     max_batch: int | None  # None: unbounded
+    # Optional: True where ``run`` may be called from several threads at once (ONNX Runtime); where it is
+    # absent or False (one TensorRT context, one OpenVINO infer request), Classifier runs one call at a time.
+    concurrent_run: bool
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """NCHW float32 batch within [min_batch, max_batch] -> (N, num_classes) float32 logits."""

@@ -8,10 +8,16 @@ buffers and device memory through cuda-python's runtime API (cudart).
 Before TensorRT ever sees the plan, the sidecar's build record is compared with the
 running TensorRT version and the GPU's compute capability: a mismatched plan otherwise
 fails with an opaque log line and a None engine.
+
+CUDA keeps the current device per host thread, so every call that launches work first makes
+the backend's GPU current on the calling thread (a server's batcher thread, an application's
+workers). One execution context and one set of pinned buffers serve every call: ``run`` is not
+re-entrant, and ``concurrent_run = False`` tells Classifier to serialise the calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from pathlib import Path
 
@@ -19,7 +25,7 @@ import numpy as np
 
 from tl.runtime.artifact import precision_from_name
 from tl.runtime.errors import TLError
-from tl.runtime.gpu import cuda_call, cuda_device, import_cudart, import_tensorrt, trt_create
+from tl.runtime.gpu import cuda_call, cuda_device, ensure_device, import_cudart, import_tensorrt, trt_create, use_device
 from tl.runtime.sidecar import BuildRecord, check_compatible, read_sidecar, sidecar_path
 from tl.runtime.spec import ModelSpec, require_regular_file
 
@@ -62,9 +68,16 @@ class _Buffer:
         self.dtype = np.dtype(dtype)
         count = max(1, int(count))
         self.nbytes = count * self.dtype.itemsize
-        self.host_ptr = cuda_call(cudart, cudart.cudaMallocHost(self.nbytes))
+        self.device = None
+        mb = f"{self.nbytes / 1e6:.3g} MB"
+        self.host_ptr = cuda_call(cudart, cudart.cudaMallocHost(self.nbytes),
+                                  f"allocating {mb} of pinned host memory (cudaMallocHost)")
         self.host = host_array(int(self.host_ptr), count, self.dtype)
-        self.device = cuda_call(cudart, cudart.cudaMalloc(self.nbytes))
+        try:
+            self.device = cuda_call(cudart, cudart.cudaMalloc(self.nbytes), f"allocating {mb} on the GPU (cudaMalloc)")
+        except Exception:
+            cudart.cudaFreeHost(self.host_ptr)
+            raise
 
     def free(self) -> None:
         if self.device is not None:
@@ -75,6 +88,7 @@ class _Buffer:
 
 class TensorRTBackend:
     name = "tensorrt"
+    concurrent_run = False  # one execution context and one set of pinned buffers
 
     def __init__(self, path: Path, *, spec: ModelSpec | None = None, providers=None, device: int = 0, **_ignored):
         self.path = Path(path)
@@ -100,7 +114,7 @@ class TensorRTBackend:
 
     def _deserialize(self) -> None:
         trt, cudart = self.trt, self.cudart
-        cuda_call(cudart, cudart.cudaSetDevice(self.device))
+        use_device(cudart, self.device)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt_create(trt.Runtime, self.logger, what="runtime")
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -108,6 +122,10 @@ class TensorRTBackend:
             raise TLError(f"{self.path}: TensorRT could not deserialize the engine (see the log above); "
                           "rebuild it on this device with 'tl export CHECKPOINT --trt'")
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # TensorRT returns none when the activation memory cannot be allocated
+            raise TLError(f"{self.path}: TensorRT could not create an execution context: GPU {self.device} is out of "
+                          "memory for the engine's activations; close other programs using the GPU (nvidia-smi, or "
+                          "tegrastats on a Jetson) or rebuild the engine with a smaller --max-batch")
 
     def _bind(self) -> None:
         """Find the I/O tensors and the batch range, allocate buffers at the profile's max, set addresses."""
@@ -132,10 +150,12 @@ class TensorRTBackend:
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         self.context.set_input_shape(self.input_name, hi)
         out_max = tuple(self.context.get_tensor_shape(self.output_name))
-        self.stream = cuda_call(cudart, cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
+        self.stream = cuda_call(cudart, cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                                "creating a CUDA stream (cudaStreamCreateWithFlags)")
         self.inp = _Buffer(cudart, int(np.prod(hi)), self.in_dtype)
+        self._buffers = [self.inp]  # freed by close() even when the next allocation fails
         self.out = _Buffer(cudart, int(np.prod(out_max)), self.out_dtype)
-        self._buffers = [self.inp, self.out]
+        self._buffers.append(self.out)
         self.context.set_tensor_address(self.input_name, int(self.inp.device))
         self.context.set_tensor_address(self.output_name, int(self.out.device))
         # Engines with several outputs: give the others scratch memory so enqueue succeeds.
@@ -161,21 +181,25 @@ class TensorRTBackend:
         flat = np.ascontiguousarray(batch, dtype=self.in_dtype).reshape(-1)
         self.inp.host[: flat.size] = flat
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        cuda_call(self.cudart, self.cudart.cudaMemcpyAsync(self.inp.device, self.inp.host_ptr, flat.nbytes, kind, self.stream))
+        copy = self.cudart.cudaMemcpyAsync(self.inp.device, self.inp.host_ptr, flat.nbytes, kind, self.stream)
+        cuda_call(self.cudart, copy, "copying the batch to the GPU (cudaMemcpyAsync)")
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        ensure_device(self.cudart, self.device)
         out_shape = self._set_batch(batch)
         self._upload(batch)
         self._execute()
         count = int(np.prod(out_shape))
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         nbytes = count * self.out_dtype.itemsize
-        cuda_call(self.cudart, self.cudart.cudaMemcpyAsync(self.out.host_ptr, self.out.device, nbytes, kind, self.stream))
-        cuda_call(self.cudart, self.cudart.cudaStreamSynchronize(self.stream))
+        copy = self.cudart.cudaMemcpyAsync(self.out.host_ptr, self.out.device, nbytes, kind, self.stream)
+        cuda_call(self.cudart, copy, "copying the logits from the GPU (cudaMemcpyAsync)")
+        cuda_call(self.cudart, self.cudart.cudaStreamSynchronize(self.stream),
+                  "running the engine (cudaStreamSynchronize)")
         return self.out.host[:count].reshape(out_shape).astype(np.float32)  # copy: the pinned buffer is reused
 
     def device_compute_ms(self, batch: np.ndarray, iters: int) -> list[float] | None:
@@ -186,6 +210,7 @@ class TensorRTBackend:
         already on the device.
         """
         cudart = self.cudart
+        ensure_device(cudart, self.device)
         self._set_batch(batch)
         self._upload(batch)
         self._execute()  # warm-up
@@ -204,6 +229,9 @@ class TensorRTBackend:
                 cudart.cudaEventDestroy(e)
 
     def close(self) -> None:
+        if self._buffers or self.stream is not None:
+            with contextlib.suppress(Exception):  # free on the GPU that holds them, from any thread
+                ensure_device(self.cudart, self.device)
         for buf in self._buffers:
             buf.free()
         self._buffers = []
