@@ -197,7 +197,7 @@ def test_load_errors(tmp_path, model_files, clf):
 
 def test_resolve_providers_order_and_aliases():
     everything = [CPU_EP, TRT_EP, "AzureExecutionProvider", CUDA_EP]
-    assert resolve_providers(None, everything) == [TRT_EP, CUDA_EP, CPU_EP]
+    assert resolve_providers(None, everything) == [CUDA_EP, CPU_EP]  # the TensorRT EP only when asked for
     assert resolve_providers("auto", [CPU_EP]) == [CPU_EP]
     assert resolve_providers("cuda,cpu", everything) == [CUDA_EP, CPU_EP]
     assert resolve_providers(["trt", "TensorrtExecutionProvider", "cpu"], everything) == [TRT_EP, CPU_EP]

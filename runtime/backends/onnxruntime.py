@@ -1,11 +1,25 @@
-"""ONNX Runtime backend: TensorRT EP -> CUDA EP -> CPU, and it says which one really runs.
+"""ONNX Runtime backend: CUDA EP -> CPU by default, the TensorRT EP when asked for, and it says which one really runs.
 
 onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing, so the
 providers reported are ``session.get_providers()``, never the ones asked for.
+
+The TensorRT EP is never chosen implicitly: on its first run of a file it builds a TensorRT
+engine inside ONNX Runtime, which takes minutes on a Jetson with nothing to show for it.
+It runs when asked for (``providers="trt,cuda,cpu"``, ``--providers trt,cuda,cpu``); tl's own
+engines (``tl export --trt``) are the faster way to TensorRT.
+
+TF32: ONNX Runtime's CUDA EP computes FP32 convolutions and GEMMs in TF32 by default on
+Ampere and newer (its ``use_tf32`` option, since 1.18). tl turns it off for FP32 files, so an
+fp32 file computes in FP32, as ``precision`` says, and export's FP32 parity check measures
+FP32. The TensorRT EP has no such option (TensorRT allows TF32 by default): an FP32 file
+there reports ``precision == "tf32"``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import os
 from pathlib import Path
 
@@ -18,7 +32,7 @@ from tl.runtime.spec import ModelSpec, require_regular_file
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_ALIASES = {"trt": TRT_EP, "tensorrt": TRT_EP, "cuda": CUDA_EP, "gpu": CUDA_EP, "cpu": CPU_EP}
-AUTO_ORDER = (TRT_EP, CUDA_EP, CPU_EP)
+AUTO_ORDER = (CUDA_EP, CPU_EP)  # the TensorRT EP only when asked for (see the module docstring)
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -30,8 +44,8 @@ def default_cache_dir() -> Path:
 def resolve_providers(requested, available: list[str]) -> list[str]:
     """User names ("cpu,cuda,trt" or full EP names) -> available EP names, in order.
 
-    auto (None) keeps what is installed from TensorRT -> CUDA -> CPU; an explicit provider
-    that is not installed is an error, not a silent CPU run.
+    auto (None) keeps what is installed of CUDA -> CPU (never the TensorRT EP); an explicit
+    provider that is not installed is an error, not a silent CPU run.
     """
     if requested is None or requested == "auto" or requested == ["auto"]:
         chosen = [p for p in AUTO_ORDER if p in available]
@@ -81,8 +95,59 @@ def trt_ep_options(spec: ModelSpec, *, precision: str, profile_max: int, device:
     }
 
 
+def cuda_ep_options(*, precision: str, device: int) -> dict:
+    """CUDA EP options for one file: its GPU, and TF32 only for files that are not FP32 (see the module docstring)."""
+    return {"device_id": int(device), "use_tf32": int(precision != "fp32")}
+
+
+def runs_as(file_precision: str, provider: str) -> str:
+    """What computes a file on ``provider``: an FP32 file on the TensorRT EP runs with TF32 allowed."""
+    return "tf32" if file_precision == "fp32" and provider == TRT_EP else file_precision
+
+
+def _fallback_switch() -> dict:
+    """``enable_fallback=0`` where InferenceSession takes it (newer ONNX Runtime), else nothing."""
+    from onnxruntime.capi.onnxruntime_inference_collection import Session
+
+    return {"enable_fallback": 0} if "enable_fallback" in inspect.signature(Session.__init__).parameters else {}
+
+
+def open_session(path: Path, sess_options, providers: list) -> object:
+    """An InferenceSession on exactly ``providers``, or a TLError with the reason.
+
+    When a provider fails to start, ONNX Runtime's Python layer retries on CUDA+CPU or CPU
+    without the provider options (device_id lost) and prints an "EP Error" banner to stdout,
+    which would corrupt `tl predict --format json`; an EP failure during run does the same.
+    Both are switched off: enable_fallback=0 where the session takes it, else the banner is
+    kept off stdout and the fallback refused; disable_fallback() for run.
+    """
+    import onnxruntime as ort
+
+    switch = _fallback_switch()
+    banner = io.StringIO()
+    quiet = contextlib.nullcontext() if switch else contextlib.redirect_stdout(banner)
+    try:
+        with quiet:
+            session = ort.InferenceSession(str(path), sess_options=sess_options, providers=providers, **switch)
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
+        raise TLError(load_failure(path, providers, f"{type(e).__name__}: {str(e).strip()}")) from e
+    if "EP Error" in banner.getvalue():
+        reason = next(line for line in banner.getvalue().splitlines() if line.startswith("EP Error") and len(line) > 20)
+        raise TLError(load_failure(path, providers, reason))
+    session.disable_fallback()
+    return session
+
+
+def load_failure(path: Path, providers: list, reason: str) -> str:
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    gpu = any(n in (TRT_EP, CUDA_EP) for n in names)
+    return (f"{path}: ONNX Runtime cannot load it on {', '.join(names)} ({reason[:300]})"
+            + ("; a GPU provider that cannot start is left out with providers cpu (--providers cpu)" if gpu else ""))
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    concurrent_run = True  # InferenceSession.run may be called from several threads
 
     def __init__(self, path: Path, *, spec: ModelSpec | None = None, providers=None, device: int = 0,
                  intra_op_threads: int | None = None, cache_dir: str | Path | None = None):
@@ -94,31 +159,21 @@ class OnnxRuntimeBackend:
         self.spec_source = ("its tl.spec metadata" if spec is None
                             else f"the spec {spec}" if not isinstance(spec, ModelSpec) else "the spec given (--spec)")
         self.spec = self._resolve_spec(spec)
-        self.precision = self.meta.precision()
+        self.file_precision = self.meta.precision()
         self.device = int(device)
 
-        available = ort.get_available_providers()
-        names = resolve_providers(providers, available)
+        names = resolve_providers(providers, ort.get_available_providers())
         profile_max = int(self.meta.metadata.get(MAX_BATCH_KEY, DEFAULT_MAX_BATCH))
-        provider_list = []
-        for name in names:
-            if name == TRT_EP:
-                provider_list.append((name, self._trt_options(cache_dir, profile_max)))
-            elif name == CUDA_EP:
-                provider_list.append((name, {"device_id": self.device}))
-            else:
-                provider_list.append(name)
+        provider_list = self.provider_list(names, cache_dir=cache_dir, profile_max=profile_max)
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             so.intra_op_num_threads = int(intra_op_threads)
         so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=provider_list)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-            raise TLError(f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e).strip()[:300]})") from e
+        self.session = open_session(self.path, so, provider_list)
         self.providers = list(self.session.get_providers())
+        self.precision = runs_as(self.file_precision, self.providers[0] if self.providers else "")
 
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
@@ -163,11 +218,23 @@ class OnnxRuntimeBackend:
             raise TLError(f"{self.path}: the spec does not belong to this model: {'; '.join(problems)}. "
                           "Use the spec.json that was exported with this model")
 
+    def provider_list(self, names: list[str], *, cache_dir=None, profile_max: int = DEFAULT_MAX_BATCH) -> list:
+        """EP names -> what InferenceSession takes: (name, options) for the GPU providers, from this file and device."""
+        chosen: list = []
+        for name in names:
+            if name == TRT_EP:
+                chosen.append((name, self._trt_options(cache_dir, profile_max)))
+            elif name == CUDA_EP:
+                chosen.append((name, cuda_ep_options(precision=self.file_precision, device=self.device)))
+            else:
+                chosen.append(name)
+        return chosen
+
     def _trt_options(self, cache_dir, profile_max: int) -> dict:
         from tl.runtime.files import sha256_file
 
         root = Path(cache_dir) if cache_dir else default_cache_dir()
-        return trt_ep_options(self.spec, precision=self.precision, profile_max=profile_max, device=self.device,
+        return trt_ep_options(self.spec, precision=self.file_precision, profile_max=profile_max, device=self.device,
                               cache=root / sha256_file(self.path)[:16])
 
     # -- inference ------------------------------------------------------------------
