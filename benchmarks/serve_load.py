@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,12 +29,17 @@ from tl.benchmarks.options import LoadOptions
 from tl.runtime.errors import DEBUG_ENV, TLError
 
 
+READY = re.compile(r"ready on (http://\S+?)(?:, gRPC on (\S+))? \(")
+
+
 class ServeProcess:
-    """`tl serve SOURCE ARGS` in a subprocess on a free port; ``url``/``host`` once it is ready."""
+    """`tl serve SOURCE ARGS` in a subprocess on free ports; ``url``/``host`` (HTTP) and ``grpc_host``
+    (None with --no-grpc) once it is ready."""
 
     def __init__(self, source, *args: str, timeout: float = 120, env: dict | None = None):
         env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != DEBUG_ENV}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tl", "serve", str(source), *map(str, args), "--port", "0"],
+        args = [*map(str, args), "--port", "0"] + ([] if "--no-grpc" in args else ["--grpc-port", "0"])
+        self.proc = subprocess.Popen([sys.executable, "-m", "tl", "serve", str(source), *args],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []
         deadline = time.monotonic() + timeout
@@ -42,8 +48,8 @@ class ServeProcess:
             if not line:
                 raise TLError(f"tl serve exited ({self.proc.wait()}): {''.join(self.lines).strip()}")
             self.lines.append(line)
-            if "ready on http://" in line:
-                self.url = line.split("ready on ")[1].split()[0]
+            if (ready := READY.search(line)) is not None:
+                self.url, self.grpc_host = ready[1], ready[2]
                 self.host = self.url.removeprefix("http://")
                 break
         else:
@@ -56,6 +62,11 @@ class ServeProcess:
         import tritonclient.http as httpclient
 
         return httpclient.InferenceServerClient(self.host, **kw)
+
+    def grpc_client(self, **kw):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.grpc_host, **kw)
 
     def stop(self) -> int:
         """SIGTERM (the server drains its queue) and its exit code."""

@@ -385,7 +385,7 @@ def test_batcher_gathers_within_max_batch_and_drains():
 
     async def main():
         b = Batcher(lambda rows: rows + 1, max_batch=4, max_delay_s=0.05, queue_limit=8,
-                    on_batch=lambda size, waits: sizes.append((size, len(waits))))
+                    on_batch=lambda size, waits, compute_s: sizes.append((size, len(waits))))
         b.start()
         calls = [asyncio.ensure_future(b.submit(np.full((2, 1), i, np.float32))) for i in range(3)]
         await asyncio.sleep(0)
@@ -433,7 +433,7 @@ def test_serve_load_report(model_file, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((out / "serve_load.json").read_text())
     served = {r["concurrency"]: r for r in result["served"]}
-    assert sorted(served) == [1, 4] and result["max_batch"] == 16 and result["options"]["rounds"] == 2
+    assert sorted(served) == [1, 4] and result["max_batch"] == 32 and result["options"]["rounds"] == 2
     for r in served.values():
         assert r["requests"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["client_cores"] > 0
     assert served[1]["mean_batch"] == 1.0 and 1.0 <= served[4]["mean_batch"] <= 4.0

@@ -1,15 +1,21 @@
 """The HTTP transport: Open Inference Protocol v2 REST routes on FastAPI over an Endpoints object, and /metrics.
 
 Every error is ``{"error": "..."}`` with the HTTP status tl.runtime.serve.errors gives it:
-400 a bad request, 404 an unknown model or version, 413 a body over the limit, 503 not
-ready or a full queue, 500 a model whose logits are not finite, or a bug.
+400 a bad request, 404 an unknown model or version, 405 a method the route does not take (with
+``Allow``), 413 a body over the limit, 503 not ready or a full queue, 500 a model whose logits
+are not finite, or a bug. Health routes answer the protocol's bodies (``{"live": true}``,
+``{"ready": ...}``), with 503 while not ready, as KServe does (Triton answers 400; its client
+reads only whether the status is 200).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import zlib
 from contextlib import asynccontextmanager
+from typing import Protocol, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,16 +25,29 @@ from tl.runtime.serve.endpoints import Endpoints
 from tl.runtime.serve.errors import BadRequest, ServeError, TooLarge, status_of
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+INDEX_BODY_LIMIT = 4096  # the index request is {"ready": bool}; nothing longer is one
 WBITS = {"identity": 0, "": 0, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def create_app(endpoints: Endpoints) -> FastAPI:
-    """The routes over ``endpoints``; its batchers start and drain with the app's lifespan."""
+class Companion(Protocol):
+    """Another transport over the same endpoints (the gRPC service), started and stopped with the app."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def create_app(endpoints: Endpoints, companions: Sequence[Companion] = ()) -> FastAPI:
+    """The routes over ``endpoints``; its batchers, and the ``companions``, start and drain with the app's lifespan."""
     @asynccontextmanager
     async def lifespan(app):
         await endpoints.start()
+        for c in companions:
+            await c.start()
         yield
-        await endpoints.stop()  # drain: uvicorn has answered every open request; finish what is queued
+        # Drain: uvicorn has answered every open HTTP request; finish what is queued while each
+        # companion stops taking calls and answers those it holds.
+        await asyncio.gather(endpoints.stop(), *(c.stop() for c in companions))
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     _errors(app)
@@ -58,25 +77,40 @@ def with_fast_infer(app: FastAPI, endpoints: Endpoints):
 def _routes(app: FastAPI, endpoints: Endpoints) -> None:
     @app.get("/v2/health/live")
     async def live():
-        return _ok(endpoints.live())
+        return _state("live", endpoints.live())
 
     @app.get("/v2/health/ready")
     async def ready():
-        return _ok(endpoints.ready())
+        return _state("ready", endpoints.ready())
 
     @app.get("/v2")
     async def server_metadata():
         return endpoints.server_metadata()
+
+    @app.get("/v2/models/stats")  # before /v2/models/{name}, which would take "stats" as a name
+    @app.get("/v2/models/{name}/stats")
+    @app.get("/v2/models/{name}/versions/{ver}/stats")
+    async def statistics(name: str | None = None, ver: str | None = None):
+        return endpoints.statistics(name, ver)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{ver}")
     async def model_metadata(name: str, ver: str | None = None):
         return endpoints.model_metadata(name, ver)
 
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{ver}/config")
+    async def model_config(name: str, ver: str | None = None):
+        return endpoints.model_config(name, ver)
+
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{ver}/ready")
     async def model_ready(name: str, ver: str | None = None):
-        return _ok(endpoints.model_ready(name, ver))
+        return _state("ready", endpoints.model_ready(name, ver), name=name)
+
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request):
+        return endpoints.repository_index(_ready_only(await _read_body(request, INDEX_BODY_LIMIT)))
 
     async def infer_route(request: Request) -> Response:
         return await infer(endpoints, request.path_params["name"], request.path_params.get("ver"), request)
@@ -94,8 +128,22 @@ def _routes(app: FastAPI, endpoints: Endpoints) -> None:
         return Response(endpoints.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _ok(yes: bool) -> Response:
-    return Response(status_code=200 if yes else 503)
+def _state(key: str, yes: bool, **extra) -> JSONResponse:
+    """A health answer: the protocol's body, 200 when ``yes``, else 503."""
+    return JSONResponse({**extra, key: yes}, status_code=200 if yes else 503)
+
+
+def _ready_only(body: bytes) -> bool:
+    """The repository index request's optional ``{"ready": true}``: list only the models ready now."""
+    if not body.strip():
+        return False
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BadRequest(f"the repository index request is not valid JSON ({e})") from None
+    if not isinstance(request, dict) or not isinstance(request.get("ready", False), bool):
+        raise BadRequest('the repository index request takes an optional {"ready": true|false}')
+    return request.get("ready", False)
 
 
 async def infer(endpoints: Endpoints, name: str, version: str | None, request: Request) -> Response:
@@ -142,8 +190,8 @@ def _errors(app: FastAPI) -> None:
     async def ours(request, e):
         return error_response(e)
 
-    async def http(request, e: HTTPException):
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+    async def http(request, e: HTTPException):  # a 405 keeps the Allow header routing gave it
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     app.add_exception_handler(ServeError, ours)
     app.add_exception_handler(HTTPException, http)

@@ -31,12 +31,13 @@ class _Item:
 
 
 class Batcher:
-    """``on_batch(size, waits)`` hears of each batch run: its rows and how long each request waited."""
+    """``on_batch(size, waits, compute_s)`` hears of each batch run: its rows, how long each request
+    waited, and how long the model took."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int, max_delay_s: float,
-                 queue_limit: int, on_batch: Callable[[int, list[float]], None] | None = None):
+                 queue_limit: int, on_batch: Callable[[int, list[float], float], None] | None = None):
         self.run, self.max_batch, self.max_delay_s = run, max(1, int(max_batch)), max(0.0, float(max_delay_s))
-        self.on_batch = on_batch or (lambda size, waits: None)
+        self.on_batch = on_batch or (lambda size, waits, compute_s: None)
         self.queue_limit = max(1, int(queue_limit))
         self.queue: deque[_Item] = deque()  # guarded by self.cond
         self.cond = threading.Condition()
@@ -116,11 +117,11 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - every waiting request gets the model's error
             self.loop.call_soon_threadsafe(self._fail, items, e)
             return
-        self.loop.call_soon_threadsafe(self._answer, items, out, waits)
+        self.loop.call_soon_threadsafe(self._answer, items, out, waits, time.perf_counter() - start)
 
-    def _answer(self, items: list[_Item], out: np.ndarray, waits: list[float]) -> None:
+    def _answer(self, items: list[_Item], out: np.ndarray, waits: list[float], compute_s: float) -> None:
         """On the event loop: each request its rows."""
-        self.on_batch(sum(len(it.rows) for it in items), waits)
+        self.on_batch(sum(len(it.rows) for it in items), waits, compute_s)
         offset = 0
         for it in items:
             if not it.future.done():  # a client that went away leaves a cancelled future

@@ -1,7 +1,7 @@
 """The server's data plane, whatever the transport: the models by name, readiness, metrics, and the
 Open Inference Protocol's calls as plain methods.
 
-A transport (the HTTP app today) maps its routes onto these methods and the errors they raise
+A transport (the HTTP app, the gRPC service) maps its routes onto these methods and the errors they raise
 (tl.runtime.serve.errors) onto its status codes; nothing here knows HTTP. ``start`` and ``stop``
 run the models' batchers on the transport's event loop.
 """
@@ -20,7 +20,9 @@ from tl.runtime.serve.model import ServedModel, load_models
 from tl.runtime.serve.options import ServeOptions
 from tl.runtime.serve.protocol import InferRequest, encode_response, parse_request
 
-EXTENSIONS = ["binary_tensor_data", "classification"]
+# Triton's names for the protocol extensions both transports implement (model_repository: the index;
+# the models are loaded at start, so load and unload are not offered, as Triton's model-control-mode none).
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
 OFFLOAD_BYTES = 256 * 1024  # a body this large (a JSON tensor of many floats) is parsed off the event loop
 
 Decode = Callable[[], Awaitable[InferRequest]]
@@ -84,6 +86,24 @@ class Endpoints:
         self.model(name, version)
         return self.is_ready
 
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        """Triton's JSON form of the model's config.pbtxt."""
+        return self.model(name, version).config()
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> dict:
+        """Triton's statistics extension: every model's (no name), or one model's."""
+        models = [self.model(name, version)] if name else list(self.models.values())
+        return {"model_stats": [self.metrics.model_stats(m.name, m.version).as_dict() for m in models]}
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: each model's served version and state (every model is loaded at start)."""
+        if ready_only and not self.is_ready:
+            return []
+        state = "READY" if self.is_ready else "UNAVAILABLE"
+        reason = "" if self.is_ready else "the server is not ready (starting or shutting down)"
+        return [{"name": m.name, "version": m.version, "state": state, "reason": reason}
+                for m in sorted(self.models.values(), key=lambda m: m.name)]
+
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return self.metrics.text()
@@ -105,18 +125,29 @@ class Endpoints:
 
     async def infer_with(self, name: str, version: str | None, decode: Decode, encode: Encode):
         """The one infer path of every transport: ``decode`` its request, batch it, ``encode`` the
-        response header and outputs; counted, timed, and each failure counted by its status."""
+        response header and outputs; counted, timed (Prometheus and the statistics extension), and
+        each failure counted by its status."""
         m = self.model(name, version)
         labels = (m.name, m.version)
+        stats = self.metrics.model_stats(*labels)
         self.metrics.requests.labels(*labels).inc()
         start = time.perf_counter()
         try:
             if not self.is_ready:
                 raise Unavailable("the server is not ready")
-            header, outputs = await m.infer(await decode())
+            req = await decode()
+            rows = await m.prepare(req)
+            prepared = time.perf_counter()
+            header, outputs = await m.answer(req, rows)
+            answered = time.perf_counter()
+            answer = encode(header, outputs)
         except Exception as e:
             self.metrics.failures.labels(*labels, str(status_of(e).http)).inc()
+            stats.request(False, time.perf_counter() - start)
             raise
-        answer = encode(header, outputs)
-        self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+        done = time.perf_counter()
+        self.metrics.latency.labels(*labels).observe(done - start)
+        stats.phases["compute_input"].add(prepared - start)
+        stats.phases["compute_output"].add(done - answered)
+        stats.request(True, done - start)
         return answer

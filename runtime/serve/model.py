@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -11,9 +12,10 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from tl.runtime import images
-from tl.runtime.artifact import SPEC_KEY, triton_platform
-from tl.runtime.classifier import DEFAULT_BATCH_SIZE, Classifier
+from tl.runtime.artifact import DEFAULT_MAX_BATCH, MAX_BATCH_KEY, SPEC_KEY, kind_of, onnx_metadata, triton_platform
+from tl.runtime.classifier import Classifier
 from tl.runtime.errors import TLError
+from tl.runtime.sidecar import sidecar_path
 from tl.runtime.serve.batcher import Batcher
 from tl.runtime.serve.errors import BadRequest
 from tl.runtime.serve.options import ServeOptions
@@ -23,24 +25,48 @@ from tl.runtime.serve.repository import ModelEntry, find_models
 if TYPE_CHECKING:
     from tl.runtime.serve.metrics import Metrics
 
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}  # Triton's backend of each platform
+
 
 def load_models(source: str | Path, options: ServeOptions, metrics: Metrics | None = None) -> list[ServedModel]:
     """Every model the source holds, loaded into a Classifier and given a batcher (whose batches ``metrics`` counts)."""
     served = []
     for entry in find_models(source, options.name):
+        file_max = _check_servable(entry.path)
         clf = Classifier.load(entry.path, backend=options.backend, providers=options.providers,
                               device=options.device, intra_op_threads=options.threads)
         on_batch = metrics.on_batch(entry.name, entry.version) if metrics is not None else None
-        served.append(ServedModel(entry, clf, max_batch=options.max_batch, max_delay_ms=options.max_delay_ms,
-                                  queue_limit=options.queue, on_batch=on_batch))
+        served.append(ServedModel(entry, clf, max_batch=options.max_batch or entry.max_batch or clf.max_batch or file_max,
+                                  max_delay_ms=options.max_delay_ms, queue_limit=options.queue, on_batch=on_batch))
     return served
+
+
+def _check_servable(path: Path) -> int | None:
+    """The file's own batch bound (ONNX metadata ``tl.max_batch``), after checking it carries the spec
+    serving needs: a file from elsewhere is refused with what does work, before a backend loads it."""
+    if kind_of(path) == "engine":
+        if not sidecar_path(path).is_file():
+            raise TLError(f"{path}: no sidecar {sidecar_path(path).name} beside the engine; tl serve needs the spec "
+                          "it holds (labels, preprocessing): build the engine with `tl export --trt`, or serve the "
+                          "ONNX file it was built from")
+        return None
+    metadata = onnx_metadata(path)
+    if not metadata.get(SPEC_KEY):
+        raise TLError(f"{path} has no tl model spec (metadata '{SPEC_KEY}'): it was not exported by tl, and tl serve "
+                      "takes its labels and preprocessing from it; serve a file `tl export` wrote (export the "
+                      "checkpoint with tl), or classify this file with `tl predict MODEL --spec spec.json`")
+    bound = metadata.get(MAX_BATCH_KEY, "")
+    return int(bound) if bound.isdigit() and int(bound) > 0 else None
 
 
 class ServedModel:
     def __init__(self, entry: ModelEntry, clf: Classifier, *, max_batch: int | None, max_delay_ms: float,
-                 queue_limit: int, on_batch: Callable[[int, list[float]], None] | None = None):
+                 queue_limit: int, on_batch: Callable[[int, list[float], float], None] | None = None):
+        """``max_batch``: the model's max_batch_size, the one bound both batches and requests keep;
+        None: the bound an export writes by default."""
         self.entry, self.clf = entry, clf
-        self.max_batch = int(max_batch or entry.max_batch or clf.max_batch or DEFAULT_BATCH_SIZE)
+        self.max_batch = int(max_batch or DEFAULT_MAX_BATCH)
+        self.max_delay_ms = max_delay_ms
         self.batcher = Batcher(clf.predict_logits, max_batch=self.max_batch, max_delay_s=max_delay_ms / 1000,
                                queue_limit=queue_limit, on_batch=on_batch)
 
@@ -53,7 +79,8 @@ class ServedModel:
         return self.entry.version
 
     def metadata(self) -> dict:
-        """The protocol's model metadata; ``parameters`` says how to send encoded images instead of tensors."""
+        """The protocol's model metadata; ``parameters`` (scalars, as the protocol's parameters are) says
+        how to send encoded images instead of tensors, and carries the labels as a JSON-encoded list."""
         spec = self.clf.spec
         inp = spec.input
         return {
@@ -62,7 +89,8 @@ class ServedModel:
             "inputs": [{"name": inp.name, "datatype": "FP32", "shape": [-1, inp.channels, inp.height, inp.width]}],
             "outputs": [{"name": spec.output.name, "datatype": "FP32", "shape": [-1, spec.num_classes]}],
             "parameters": {
-                "max_batch_size": self.max_batch, "precision": self.clf.precision, "labels": list(spec.classes),
+                "max_batch_size": self.max_batch, "precision": self.clf.precision,
+                "labels": json.dumps(list(spec.classes)),
                 "image_input": f"or send encoded images (JPEG, PNG, ...) as input '{inp.name}', datatype BYTES, "
                                "shape [N] (binary data: each element a 4-byte little-endian length and the file's "
                                "bytes); the server preprocesses them with the model's spec",
@@ -70,9 +98,39 @@ class ServedModel:
             },
         }
 
-    async def infer(self, req: InferRequest) -> tuple[dict, list[tuple[dict, bytes | None]]]:
-        """A parsed request -> the response header and each output's (metadata, binary data or None)."""
-        batch = await self._batch(req.inputs)
+    def config(self) -> dict:
+        """The model's configuration in Triton's JSON form of config.pbtxt (what its config endpoint
+        answers): what this server runs, whether it came from a file or a repository."""
+        spec, inp = self.clf.spec, self.clf.spec.input
+        platform = triton_platform(self.clf.backend_name)
+        output = {"name": spec.output.name, "data_type": "TYPE_FP32", "dims": [spec.num_classes]}
+        if self.entry.label_file:
+            output["label_filename"] = self.entry.label_file
+        on_gpu = bool(getattr(self.clf.backend, "on_gpu", False))
+        group = {"name": self.name, "kind": "KIND_GPU" if on_gpu else "KIND_CPU", "count": 1}
+        if on_gpu:
+            group["gpus"] = [int(getattr(self.clf.backend, "device", 0))]
+        return {
+            "name": self.name, "platform": platform, "backend": PLATFORM_BACKENDS.get(platform, platform),
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": self.max_batch,
+            "input": [{"name": inp.name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+                       "dims": [inp.channels, inp.height, inp.width]}],
+            "output": [output],
+            "dynamic_batching": {"max_queue_delay_microseconds": int(self.max_delay_ms * 1000)},
+            "instance_group": [group],
+            "default_model_filename": self.entry.path.name,
+            "parameters": {SPEC_KEY: {"string_value": spec.to_json()},
+                           "tl.labels": {"string_value": json.dumps(list(spec.classes))}},
+        }
+
+    async def prepare(self, req: InferRequest) -> np.ndarray:
+        """A parsed request -> the rows it asks the model for (checked; encoded images decoded and preprocessed)."""
+        self._requested(req)
+        return await self._batch(req.inputs)
+
+    async def answer(self, req: InferRequest, batch: np.ndarray) -> tuple[dict, list[tuple[dict, bytes | None]]]:
+        """``prepare``'s rows, run in some batch -> the response header and each output's (metadata, binary data or None)."""
         logits = check_finite(self.name, await self.batcher.submit(batch))
         header = {"model_name": self.name, "model_version": self.version}
         if req.id is not None:
@@ -88,12 +146,20 @@ class ServedModel:
         if t.datatype == "BYTES":
             if not t.shape or int(np.prod(t.shape)) != t.shape[0]:
                 raise BadRequest(f"input '{inp.name}': BYTES images take shape [N] or [N, 1] (got {t.shape})")
+            self._check_batch(t.shape[0])
             return await run_in_threadpool(self._decode, t.data)
         expected = [inp.channels, inp.height, inp.width]
         if len(t.shape) != 4 or t.shape[1:] != expected:
             raise BadRequest(f"input '{inp.name}': expected FP32 shape [N, {', '.join(map(str, expected))}] "
                              f"(got {t.shape})")
+        self._check_batch(t.shape[0])
         return t.data
+
+    def _check_batch(self, rows: int) -> None:
+        """As Triton: a request holds at most max_batch_size rows (the metadata and configuration say it)."""
+        if rows > self.max_batch:
+            raise BadRequest(f"inference request batch-size must be <= {self.max_batch} for '{self.name}' "
+                             f"(got {rows}); send at most {self.max_batch} images a request")
 
     def _decode(self, items: list[bytes]) -> np.ndarray:
         """Encoded images -> the model's NCHW batch, through the one image pipeline (as `tl predict`)."""

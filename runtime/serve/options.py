@@ -11,6 +11,7 @@ from tl.runtime.errors import require
 class ServeOptions:
     host: str = "127.0.0.1"  # loopback: exposing a model is a decision, not a default
     port: int = 8000  # 0 picks a free port (the ready line says which)
+    grpc_port: int | None = 8001  # the gRPC service, Triton's port; 0 picks a free one; None: no gRPC
     max_batch: int | None = None  # None: config.pbtxt's max_batch_size, else the model's, else 16
     # How long the first request of a batch waits for company. 0 (Triton's default): a batch takes what
     # is already waiting, which under load is whatever queued while the previous batch ran.
@@ -25,10 +26,11 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         lows = (("--max-batch", self.max_batch, 1), ("--queue", self.queue, 1), ("--max-delay-ms", self.max_delay_ms, 0),
-                ("--port", self.port, 0), ("--max-body-mb", self.max_body_mb, 0))
+                ("--port", self.port, 0), ("--grpc-port", self.grpc_port, 0), ("--max-body-mb", self.max_body_mb, 0))
         require(*((value is None or value >= low, f"{flag} must be at least {low} (got {value})")
                   for flag, value, low in lows),
-                (self.port <= 65535, f"--port must be at most 65535 (got {self.port})"))
+                *((value is None or value <= 65535, f"{flag} must be at most 65535 (got {value})")
+                  for flag, value in (("--port", self.port), ("--grpc-port", self.grpc_port))))
 
     @property
     def max_body_bytes(self) -> int:

@@ -69,7 +69,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     outputs = header.get("outputs")
     if outputs is not None and not isinstance(outputs, list):
         raise BadRequest("'outputs' must be a list")
-    requested = None if outputs is None else [_parse_output(o, params.get("binary_data_output", False)) for o in outputs]
+    # No outputs named (absent or an empty list): every output, as Triton answers.
+    requested = [_parse_output(o, params.get("binary_data_output", False)) for o in outputs] if outputs else None
     binary = bool(params.get("binary_data_output"))
     return InferRequest(_request_id(header.get("id")), inputs, requested, binary)
 
@@ -120,14 +121,7 @@ def _parse_input(raw, tail: memoryview) -> tuple[Tensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest("each input needs a 'name', a 'datatype' and a 'shape'")
     name, datatype, shape = raw["name"], raw.get("datatype"), raw.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers (got {shape!r})")
-    if len(shape) > MAX_DIMS:
-        raise BadRequest(f"input '{name}': a shape of {len(shape)} dimensions; at most {MAX_DIMS} are accepted")
-    if datatype != "BYTES" and datatype not in DTYPES:
-        raise BadRequest(f"input '{name}': datatype {datatype!r} is not accepted; send FP32 (the model's NCHW "
-                         "tensor) or BYTES (encoded images)")
-    count = math.prod(shape)
+    count = tensor_count(name, datatype, shape)
     size = _params(raw).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(tail):
@@ -138,6 +132,31 @@ def _parse_input(raw, tail: memoryview) -> tuple[Tensor, int]:
     if "data" not in raw:
         raise BadRequest(f"input '{name}' has neither 'data' nor a binary_data_size")
     return Tensor(name, datatype, shape, _from_json(name, datatype, shape, count, raw["data"])), 0
+
+
+def tensor_count(name: str, datatype, shape) -> int:
+    """How many elements an input's ``shape`` holds, once its shape and datatype are checked (any transport)."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers (got {shape!r})")
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(f"input '{name}': a shape of {len(shape)} dimensions; at most {MAX_DIMS} are accepted")
+    if datatype != "BYTES" and datatype not in DTYPES:
+        raise BadRequest(f"input '{name}': datatype {datatype!r} is not accepted; send FP32 (the model's NCHW "
+                         "tensor) or BYTES (encoded images)")
+    return math.prod(shape)
+
+
+def tensor_from_binary(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
+    """An input sent as raw bytes (REST binary data, gRPC raw_input_contents)."""
+    return Tensor(name, datatype, shape, _from_binary(name, datatype, shape, tensor_count(name, datatype, shape), raw))
+
+
+def tensor_from_values(name: str, datatype: str, shape: list[int], values: list) -> Tensor:
+    """An input sent as a flat list of typed values (gRPC contents): numbers for FP32, bytes for BYTES."""
+    count = tensor_count(name, datatype, shape)
+    if datatype == "BYTES":
+        return Tensor(name, datatype, shape, _check_count(name, shape, count, [bytes(v) for v in values]))
+    return Tensor(name, datatype, shape, _from_json(name, datatype, shape, count, list(values)))
 
 
 def _from_binary(name: str, datatype: str, shape: list[int], count: int, raw: bytes):

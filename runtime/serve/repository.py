@@ -6,8 +6,9 @@ Repository layout (what `tl export --triton REPO` writes and Triton loads)::
     REPO/<model>/labels.txt
     REPO/<model>/<version>/model.onnx | model.plan (+ model.plan.json, tl's engine sidecar)
 
-The spec travels inside each artifact, so config.pbtxt is read only for ``platform`` and
-``max_batch_size``. As Triton's default version policy, the highest version is served.
+The spec travels inside each artifact, so config.pbtxt is read only for ``platform``,
+``default_model_filename`` and ``max_batch_size``. As Triton's default version policy, the
+highest version is served.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tl.runtime.files import special_kind
 
 NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit also takes '²', which int() refuses
+LABEL_FILE = "labels.txt"  # what `tl export --triton` writes and its config.pbtxt names
 WHAT_TO_GIVE = "give a model file (.onnx, .plan) or a Triton-layout repository folder"
 
 
@@ -31,6 +33,7 @@ class ModelEntry:
     version: str
     path: Path
     max_batch: int | None = None  # config.pbtxt's max_batch_size, when it says one
+    label_file: str | None = None  # labels.txt beside config.pbtxt, as Triton's label_filename names it
 
 
 def model_name_for(path: Path) -> str:
@@ -69,14 +72,26 @@ def _repo_model(folder: Path) -> ModelEntry | None:
     if not versions:
         raise TLError(f"{folder}: no version folder (e.g. {folder / '1' / 'model.onnx'})")
     text = config.read_text(errors="replace") if config.is_file() else ""
-    platform = _config_field(text, "platform")
     number, vdir = versions[-1]
-    names = [TRITON_FILES[platform]] if platform in TRITON_FILES else list(TRITON_FILES.values())
+    names = _model_files(config, text)
     path = next((vdir / n for n in names if (vdir / n).is_file()), None)
     if path is None:
         raise TLError(f"{vdir}: no {' or '.join(names)} in the model's latest version folder")
     _check_name(folder.name)
-    return ModelEntry(folder.name, str(number), path, _max_batch(config, text))
+    labels = LABEL_FILE if (folder / LABEL_FILE).is_file() else None
+    return ModelEntry(folder.name, str(number), path, _max_batch(config, text), labels)
+
+
+def _model_files(config: Path, config_text: str) -> list[str]:
+    """The file names a version folder may hold the model as: config.pbtxt's default_model_filename
+    when it says one, else the platform's file name (model.onnx, model.plan), else any of them."""
+    named = _config_field(config_text, "default_model_filename")
+    if named is not None:
+        if "/" in named or "\\" in named or named in (".", ".."):
+            raise TLError(f"{config}: default_model_filename must be a file name in the version folder (got {named!r})")
+        return [named]
+    platform = _config_field(config_text, "platform")
+    return [TRITON_FILES[platform]] if platform in TRITON_FILES else list(TRITON_FILES.values())
 
 
 def _version_folders(folder: Path) -> list[Path]:

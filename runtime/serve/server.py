@@ -1,7 +1,9 @@
-"""`serve`: load the models, bind the port, run uvicorn until SIGTERM / Ctrl-C, then drain."""
+"""`serve`: load the models, bind the ports, run uvicorn (HTTP) and the gRPC service on one event loop
+until SIGTERM / Ctrl-C, then drain."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 from typing import Callable
@@ -10,7 +12,7 @@ from tl.runtime.errors import TLError
 from tl.runtime.serve.options import ServeOptions
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
     """The listening socket, bound before uvicorn starts so a taken port is one clear error."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -23,14 +25,15 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise TLError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port (0: any free one)") from None
+        raise TLError(f"cannot listen on {host}:{port}: {e.strerror}; pick another {flag} (0: any free one)") from None
     sock.listen(2048)
     return sock
 
 
 def serve(source: str | Path, options: ServeOptions | None = None,
-          on_ready: Callable[[str, list], None] | None = None) -> None:
-    """Serve until a signal; ``on_ready(url, models)`` is called once the port is bound (the CLI prints it)."""
+          on_ready: Callable[[str, list, str | None], None] | None = None) -> None:
+    """Serve until a signal; ``on_ready(url, models, grpc_address)`` is called once the ports are bound
+    (the CLI prints it; the address is None without gRPC)."""
     try:
         import uvicorn
 
@@ -39,19 +42,60 @@ def serve(source: str | Path, options: ServeOptions | None = None,
     except ImportError as e:
         raise TLError(f"tl serve needs the serve extra ({e.name} is not installed): pip install 'tl[serve]'") from None
     options = options or ServeOptions()
+    grpc_transport = _grpc_transport() if options.grpc_port is not None else None
     endpoints = Endpoints.load(source, options, version=_version())
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(with_fast_infer(create_app(endpoints), endpoints), log_level="warning", access_log=False,
-                            lifespan="on", timeout_keep_alive=30)
+    companions = []
+
+    async def main() -> None:
+        grpc_address = None
+        if grpc_transport is not None:  # bound on this loop, the one the batchers run on
+            companions.append(grpc_transport(endpoints, options.host, options.grpc_port))
+            grpc_address = f"{_url_host(host)}:{companions[0].bind()}"
+        if on_ready:
+            on_ready(f"http://{_url_host(host)}:{port}", list(endpoints.models.values()), grpc_address)
+        await server.serve(sockets=[sock])
+
+    config = uvicorn.Config(with_fast_infer(create_app(endpoints, companions), endpoints), log_level="warning",
+                            access_log=False, lifespan="on", timeout_keep_alive=30)
     server = _server_class()(config)
-    if on_ready:
-        on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", list(endpoints.models.values()))
     try:
-        server.run(sockets=[sock])
+        _run(main(), config)
     finally:
         sock.close()
         endpoints.close()
+
+
+def _grpc_transport():
+    try:
+        from tl.runtime.serve.grpc_app import GrpcTransport
+    except ImportError as e:
+        raise TLError(f"tl serve's gRPC service needs grpcio and tritonclient[grpc] ({e.name} is not installed): "
+                      "pip install 'tl[serve]', or serve HTTP only with --no-grpc") from None
+    return GrpcTransport
+
+
+def _url_host(host: str) -> str:
+    return host if ":" not in host else f"[{host}]"
+
+
+def _run(main, config) -> None:
+    """``main`` on the event loop uvicorn would pick (uvloop where installed)."""
+    factory = config.get_loop_factory() if hasattr(config, "get_loop_factory") else None
+    if factory is None and hasattr(config, "setup_event_loop"):  # uvicorn before get_loop_factory
+        config.setup_event_loop()
+    if factory is None:
+        asyncio.run(main)
+    elif hasattr(asyncio, "Runner"):  # Python 3.11+
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    else:
+        loop = factory()
+        try:
+            loop.run_until_complete(main)
+        finally:
+            loop.close()
 
 
 def _server_class():

@@ -14,9 +14,12 @@ from tl.runtime.serve.options import ServeOptions
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", metavar="MODEL_OR_REPO", type=PathParam(path_type=Path))
 @field_option(ServeOptions, "host", help="Address to listen on (0.0.0.0: every interface).")
-@field_option(ServeOptions, "port", type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@field_option(ServeOptions, "port", type=click.IntRange(0, 65535), help="HTTP port (0: any free one).")
+@field_option(ServeOptions, "grpc_port", type=click.IntRange(0, 65535), help="gRPC port (0: any free one).")
+@click.option("--no-grpc", is_flag=True, help="Serve HTTP only.")
 @field_option(ServeOptions, "max_batch", type=click.IntRange(min=1),
-              help="Most rows per batch (default: config.pbtxt's max_batch_size, else the model's, else 16).")
+              help="The models' max_batch_size: most rows per batch and per request "
+                   "(default: config.pbtxt's, else the model's own, else 32).")
 @field_option(ServeOptions, "max_delay_ms", type=click.FloatRange(min=0),
               help="How long a request waits for others to join its batch (0: only those already waiting).")
 @field_option(ServeOptions, "queue", type=click.IntRange(min=1), help="Requests waiting per model; more get 503.")
@@ -27,21 +30,25 @@ from tl.runtime.serve.options import ServeOptions
 @field_option(ServeOptions, "device", type=int, help="GPU index.")
 @field_option(ServeOptions, "name", help="Model name for a single file (default: the file name without .onnx/.plan).")
 @field_option(ServeOptions, "max_body_mb", type=click.FloatRange(min=0), help="Largest request body accepted.")
-def serve(source, **kwargs):
-    """Serve a model file or a Triton-layout repository over the Open Inference Protocol (KServe v2 REST).
+def serve(source, no_grpc, **kwargs):
+    """Serve a model file or a Triton-layout repository over the Open Inference Protocol
+    (KServe v2 / Triton: REST and gRPC).
 
     \b
-      tl serve exports/x/model.onnx                 # model 'model' on http://127.0.0.1:8000
+      tl serve exports/x/model.onnx                 # model 'model' on http://127.0.0.1:8000, gRPC on :8001
       tl serve repo/ --host 0.0.0.0 --max-batch 32  # every model in REPO/<model>/<version>/
     Stop with Ctrl-C or SIGTERM: queued requests are answered first.
     """
     from tl.runtime.serve.server import serve as run
 
-    def ready(url: str, models: list) -> None:
+    def ready(url: str, models: list, grpc_address: str | None) -> None:
         for m in models:
             click.echo(f"model {m.name} (version {m.version}, {m.clf.backend_name}, {m.clf.precision}, "
                        f"max batch {m.max_batch}): {url}/v2/models/{m.name}", err=True)
-        click.echo(f"tl serve: ready on {url} (metrics: {url}/metrics)", err=True)
+        grpc = f", gRPC on {grpc_address}" if grpc_address else ""
+        click.echo(f"tl serve: ready on {url}{grpc} (metrics: {url}/metrics)", err=True)
 
+    if no_grpc:
+        kwargs["grpc_port"] = None
     run(source, ServeOptions(**kwargs), on_ready=ready)
     click.echo("tl serve: stopped (every queued request was answered)", err=True)
