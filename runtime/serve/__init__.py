@@ -1,6 +1,6 @@
-"""tl.runtime.serve: the Open Inference Protocol (KServe v2 REST) server with dynamic batching.
+"""tl.runtime.serve: the Open Inference Protocol (KServe v2 / Triton, REST and gRPC) server with dynamic batching.
 
-Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client); never torch. Exports are lazy
+Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client, grpcio, tritonclient[grpc]); never torch. Exports are lazy
 so that `tl --help` lists the command without importing fastapi.
 """
 

@@ -164,18 +164,15 @@ def encode_infer_response(header: dict, outputs: list[tuple[dict, bytes | None]]
 
 class GrpcTransport:
     """The gRPC server: bound on the running event loop (the one the HTTP app and the batchers use),
-    started and stopped with the HTTP app's lifespan (its Companion)."""
+    started and stopped with the HTTP app's lifespan (its Companion). ``port`` must be a free one."""
 
     def __init__(self, endpoints: Endpoints, host: str, port: int):
         self.endpoints, self.host, self.port = endpoints, host, port
         self.server: grpc.aio.Server | None = None
 
     def bind(self) -> int:
-        """Bind the port (call on the running loop); the port bound (``port`` 0: a free one)."""
-        from tl.runtime.serve.server import bind
-
-        with bind(self.host, self.port, "--grpc-port") as probe:  # a taken port is one clear error, as for HTTP
-            port = probe.getsockname()[1]
+        """Bind the port (call on the running loop, once the caller has seen that it is free); the port bound."""
+        port = self.port
         self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # never share the port with another server
             ("grpc.max_receive_message_length", self.endpoints.max_body),  # larger: RESOURCE_EXHAUSTED, as 413

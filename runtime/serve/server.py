@@ -51,7 +51,9 @@ def serve(source: str | Path, options: ServeOptions | None = None,
     async def main() -> None:
         grpc_address = None
         if grpc_transport is not None:  # bound on this loop, the one the batchers run on
-            companions.append(grpc_transport(endpoints, options.host, options.grpc_port))
+            with bind(options.host, options.grpc_port, "--grpc-port") as probe:  # a taken port: one clear error
+                free = probe.getsockname()[1]
+            companions.append(grpc_transport(endpoints, options.host, free))
             grpc_address = f"{_url_host(host)}:{companions[0].bind()}"
         if on_ready:
             on_ready(f"http://{_url_host(host)}:{port}", list(endpoints.models.values()), grpc_address)
