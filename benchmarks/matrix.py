@@ -22,8 +22,8 @@ from tl.benchmarks.environment import run_environment
 from tl.benchmarks.options import TORCH_BACKENDS, BenchOptions, default_backends
 from tl.benchmarks.recommend import recommend
 from tl.benchmarks.rows import BenchResult, BenchRow
-from tl.benchmarks.runners import (ClassifierRunner, SkipCell, SkippedRunner, TorchRunner, available_ort_providers,
-                                   model_size_mb, openvino_variants, short_error)
+from tl.benchmarks.runners import (ClassifierRunner, SharedModel, SkipCell, SkippedRunner, TorchRunner,
+                                   available_ort_providers, model_size_mb, openvino_variants, short_error)
 from tl.benchmarks.targets import Targets, bench_images, check_provenance, resolve_targets, spec_of_targets
 from tl.benchmarks.timing import DISTURBED_SPREAD, Stats, measure_rounds, spread
 from tl.runtime.artifact import precision_from_name
@@ -73,14 +73,14 @@ def _reference_model(targets: Targets):
     return model, spec, ckpt, path
 
 
-def _make_runners(o: BenchOptions, targets: Targets, device: str, model, spec) -> list:
+def _make_runners(o: BenchOptions, targets: Targets, device: str, model: SharedModel | None, spec) -> list:
     explicit = o.backends is not None
     wanted = o.backends if explicit else default_backends(device)
     shape = (spec.input.channels, spec.input.height, spec.input.width)
     torch_wanted = [b for b in TORCH_BACKENDS if b in wanted]  # eager FP32 first: everyone's reference
     if model is None and torch_wanted and explicit:
         raise TLError(f"--backends {','.join(torch_wanted)} needs a checkpoint or run folder TARGET")
-    size = model_size_mb(model) if model is not None else None
+    size = model_size_mb(model.model) if model is not None else None
     runners: list = [TorchRunner(model=model, backend=b, device=device, size_mb=size, input_shape=shape)
                      for b in (torch_wanted if model is not None else [])]
     onnx = [a for a in targets.artifacts if a.backend == "ort"]
@@ -201,7 +201,7 @@ def _cell_failed(bench: _Bench, row: BenchRow, e: Exception) -> None:
 def _time_batch(bench: _Bench, runners: list, rows: dict[int, list[BenchRow]], loaded: list[int], b: int) -> None:
     """One batch size: every loaded runner in the same interleaved rounds, then its device time."""
     xb = _batch_of(bench.images, b)
-    live = [i for i in loaded if not _broken(rows[i], b)]
+    live = [i for i in loaded if not _below_min_batch(rows[i], runners[i], b) and not _broken(rows[i], b)]
     timings = measure_rounds([(lambda r=runners[i]: r.infer(xb)) for i in live], batch=b,
                              options=bench.options.timing(), syncs=[runners[i].sync for i in live])
     for i, timing in zip(live, timings):
@@ -212,6 +212,17 @@ def _time_batch(bench: _Bench, runners: list, rows: dict[int, list[BenchRow]], l
             _fill_row(row, timing, runners[i], xb)
         except Exception as e:  # noqa: BLE001 - a broken cell must not stop the matrix
             _cell_failed(bench, row, e)
+
+
+def _below_min_batch(rows: list[BenchRow], runner, b: int) -> bool:
+    """A batch size below what the model runs (an engine's --min-batch, a fixed batch) is skipped, with the reason
+    in its row: a padded call would time ``min_batch`` images as ``b``. The runner's other cells still run."""
+    if b >= runner.min_batch:
+        return False
+    row = next(r for r in rows if r.batch == b)
+    row.status, row.error = "skipped", (f"batch {b} is below the smallest batch this model runs ({runner.min_batch}: "
+                                        "an engine's --min-batch or a fixed batch size); not timed")
+    return True
 
 
 def _broken(rows: list[BenchRow], b: int) -> bool:
@@ -315,6 +326,7 @@ def _run(options: BenchOptions, reporter: Reporter) -> BenchResult:
         ensure_output_dir(o.out, option="--out")
     device = bench_device(o.device)
     model, spec, ckpt, ckpt_path = _reference_model(targets)
+    model = SharedModel(model) if model is not None else None  # the torch rows share it (runners.SharedModel)
     lock = output_lock(o.out, "tl bench", reporter=reporter) if o.out is not None else contextlib.nullcontext()
     with lock, _torch_threads(o.threads):
         runners = _make_runners(o, targets, device, model, spec)

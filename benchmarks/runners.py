@@ -52,6 +52,7 @@ class Runner:
     build_s: float | None = None
     # compile: the first call at each new batch size compiles; its time is that cell's build_s.
     builds_per_batch: bool = False
+    min_batch: int = 1  # an engine's --min-batch (or a fixed batch): smaller batch sizes are not timed
     max_batch: int | None = None
 
     @property
@@ -80,8 +81,35 @@ class Runner:
 # -- PyTorch ------------------------------------------------------------------------------
 
 
+class SharedModel:
+    """One torch model behind several runners (the eager, autocast and compile rows of one bench).
+
+    The first runner that loads it moves it to the bench device; the last one that closes moves it
+    back to ``HOST``, so closing one row never takes the weights from the rows still to be checked.
+    """
+
+    HOST = "cpu"
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.holders = 0
+
+    def acquire(self, device: str) -> Any:
+        self.model.to(device).eval()
+        self.holders += 1
+        return self.model
+
+    def release(self, device: str) -> None:
+        self.holders -= 1
+        if self.holders == 0 and device != self.HOST:
+            self.model.to(self.HOST)
+
+
 class TorchRunner(Runner):
-    """eager / eager-fp16 / eager-bf16 (autocast) / compile on one torch device."""
+    """eager / eager-fp16 / eager-bf16 (autocast) / compile on one torch device.
+
+    ``model`` is a torch module or a :class:`SharedModel` that several runners use.
+    """
 
     def __init__(self, *, model: Any, backend: str, device: str, size_mb: float | None = None,
                  input_shape: tuple[int, int, int] = (3, 224, 224)):
@@ -89,7 +117,9 @@ class TorchRunner(Runner):
 
         if backend not in TORCH_BACKENDS:
             raise ValueError(backend)
-        self.model = model
+        self.shared = model if isinstance(model, SharedModel) else SharedModel(model)
+        self.model = self.shared.model
+        self._holding = False
         self.backend = backend
         self.device = device
         self.provider = "torch"
@@ -110,7 +140,8 @@ class TorchRunner(Runner):
         torch = self._torch
         if self.device == "cuda" and self.precision == "bf16" and not native_bf16(torch):
             raise SkipCell("this GPU has no native bfloat16 (T4/V100 only emulate it)")
-        self.model.to(self.device).eval()
+        self.shared.acquire(self.device)
+        self._holding = True
         if self.backend == "compile":
             if not hasattr(torch, "compile"):
                 raise SkipCell(f"torch {torch.__version__} has no torch.compile")
@@ -157,8 +188,10 @@ class TorchRunner(Runner):
 
     def close(self) -> None:
         self._fn = None
+        if self._holding:
+            self._holding = False
+            self.shared.release(self.device)
         if self.device == "cuda":
-            self.model.to("cpu")
             self._torch.cuda.empty_cache()
 
 
@@ -218,6 +251,7 @@ class ClassifierRunner(Runner):
         # TensorRT: the engine build (from the sidecar/export.json) is the build time; ORT: session creation.
         self.build_s = self._engine_build_s if self._engine_build_s is not None else load_s
         self.precision = self.clf.precision
+        self.min_batch = max(1, int(self.clf.backend.min_batch))
         used = self.clf.providers
         if self.backend == "ort" and self.provider and used[0] != self.provider:
             raise SkipCell(f"ONNX Runtime fell back to {used[0]} instead of {self.provider}")

@@ -389,3 +389,65 @@ def test_backends_declare_whether_calls_may_overlap():
     from tl.runtime.backends.tensorrt import TensorRTBackend
 
     assert OnnxRuntimeBackend.concurrent_run is True and TensorRTBackend.concurrent_run is False
+
+
+# -- tl bench ------------------------------------------------------------------------------------
+
+
+def test_closing_one_torch_row_leaves_the_shared_model_to_the_others(make_checkpoint):
+    """On CUDA, closing a row moved the one shared model to the CPU and the next rows lost their agreement.
+    Here the host is 'meta' so that leaving the device is visible on a CPU."""
+    import torch
+
+    from tl.benchmarks.runners import SharedModel, TorchRunner
+    from tl.train.checkpoint import load_model
+
+    model, spec, _ = load_model(make_checkpoint(image_size=32))
+    shared = SharedModel(model)
+    shared.HOST = "meta"
+    shape = (3, 32, 32)
+    first, second = (TorchRunner(model=shared, backend="eager", device="cpu", input_shape=shape) for _ in range(2))
+    first.load()
+    second.load()
+    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    want = first.infer(x)
+    first.close()
+    assert np.array_equal(second.infer(x), want)  # the weights are still on its device
+    second.close()
+    assert next(model.parameters()).device == torch.device("meta")  # released by the last holder
+
+
+def test_every_torch_row_of_a_bench_keeps_its_agreement(make_checkpoint, monkeypatch):
+    from tl.benchmarks import BenchOptions, run
+    from tl.benchmarks.runners import SharedModel
+
+    monkeypatch.setattr(SharedModel, "HOST", "meta")  # the CUDA bench's move off the device, visible on a CPU
+    res = run(BenchOptions(targets=[make_checkpoint(image_size=32)], device="cpu", backends="eager,eager-bf16",
+                           batch_sizes=[2], iters=2, warmup=0, images=4))
+    rows = {r.backend: r for r in res.rows}
+    if rows["eager-bf16"].status == "skipped":
+        pytest.skip(f"bf16 autocast does not run on this CPU: {rows['eager-bf16'].error}")
+    assert [r.status for r in res.rows] == ["ok", "ok"], res.rows
+    assert all(r.agreement is not None and r.error is None for r in res.rows), res.rows
+
+
+def test_a_batch_below_the_models_smallest_is_skipped_not_the_cell(make_onnx, tmp_path):
+    """An engine built with --min-batch 4 (here: an ONNX file fixed at batch 4) in a bench at 1,4,8."""
+    import onnx
+
+    from tl.benchmarks import BenchOptions, run
+
+    src, _ = make_onnx(image_size=32)
+    proto = onnx.load(str(src))
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    folder = tmp_path / "export"
+    folder.mkdir()
+    onnx.save(proto, str(folder / "model.onnx"))
+    res = run(BenchOptions(targets=[folder], device="cpu", backends="ort", batch_sizes=[1, 4, 8], iters=2, warmup=0,
+                           images=4))
+    by_batch = {r.batch: r for r in res.rows}
+    assert by_batch[1].status == "skipped" and "below the smallest batch this model runs (4" in by_batch[1].error
+    assert by_batch[1].mean_ms is None
+    for b in (4, 8):
+        assert by_batch[b].status == "ok" and by_batch[b].mean_ms and by_batch[b].throughput, by_batch[b]
