@@ -104,11 +104,15 @@ class BenchOptions:
         return TimingOptions(warmup=self.warmup, seconds=self.seconds, iters=self.iters)
 
 
+TRANSPORTS = ("http", "grpc")  # what `tl bench serve` loads `tl serve` through
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """What `tl bench serve` measures: `tl serve` at each concurrency against the same model in-process."""
 
     concurrency: tuple[int, ...] = (1, 8, 32)
+    transports: tuple[str, ...] = TRANSPORTS  # each loaded at every level, side by side
     seconds: float = 6.0  # per concurrency level and per in-process batch size, split over the rounds
     rounds: int = 3  # served levels and in-process batches alternate, so drifting background load hits both
     max_batch: int | None = None  # passed to `tl serve --max-batch`

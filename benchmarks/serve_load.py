@@ -2,10 +2,11 @@
 
     tl bench serve exports/x/model.onnx --out bench/serve
 
-Starts `tl serve` on a free port, sends single-image binary requests from 1, 8 and 32
-virtual users (greenlets sharing one tritonclient connection pool), and times the same model,
-backend and batch sizes in-process with ``Classifier.predict_logits``, alternating the two in
-rounds so that background load on a shared machine hits both alike.
+Starts `tl serve` on free ports, sends single-image binary requests from 1, 8 and 32 virtual
+users over each transport (HTTP: greenlets sharing one tritonclient.http connection pool; gRPC:
+coroutines sharing one tritonclient.grpc.aio channel), and times the same model, backend and
+batch sizes in-process with ``Classifier.predict_logits``, alternating them in rounds so that
+background load on a shared machine hits all alike.
 Writes serve_load.json and serve_load.md. Client and server share the machine, so on a
 small box the client's own CPU use is part of what is measured; the report gives it per level.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl.benchmarks.options import LoadOptions
+from tl.benchmarks.options import TRANSPORTS, LoadOptions
 from tl.runtime.errors import DEBUG_ENV, TLError
 
 
@@ -111,14 +112,17 @@ class Tally:
     rows: float = 0.0
 
 
-def load_slice(server: ServeProcess, model: str, x: np.ndarray, clients: int, seconds: float, tally: Tally) -> None:
-    """``clients`` virtual users sending ``x`` back to back for ``seconds``, after a short warm-up;
-    latencies, images, wall and client CPU time (it shares the machine with the server) and batches into ``tally``."""
-    _spin(server, model, x, clients, min(0.3, seconds / 5))  # warm-up: connections, first batches
+def load_slice(server: ServeProcess, model: str, x: np.ndarray, clients: int, seconds: float, tally: Tally,
+               transport: str = "http") -> None:
+    """``clients`` virtual users sending ``x`` back to back over ``transport`` for ``seconds``, after a short
+    warm-up; latencies, images, wall and client CPU time (it shares the machine with the server) and
+    batches into ``tally``."""
+    spin = SPINS[transport]
+    spin(server, model, x, clients, min(0.3, seconds / 5))  # warm-up: connections, first batches
     before = _batch_counts(server, model)
     per_user: list[list[float]] = [[] for _ in range(clients)]
     start, cpu = time.perf_counter(), time.process_time()
-    _spin(server, model, x, clients, seconds, per_user)
+    spin(server, model, x, clients, seconds, per_user)
     tally.wall_s += time.perf_counter() - start
     tally.client_cpu_s += time.process_time() - cpu
     after = _batch_counts(server, model)
@@ -128,16 +132,16 @@ def load_slice(server: ServeProcess, model: str, x: np.ndarray, clients: int, se
     tally.rows += after[1] - before[1]
 
 
-def served_row(clients: int, t: Tally) -> dict:
+def served_row(clients: int, t: Tally, transport: str = "http") -> dict:
     from tl.benchmarks.timing import Stats
 
     stats = Stats.of(t.samples)
-    return {"concurrency": clients, "requests": len(t.samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
+    return {"transport": transport, "concurrency": clients, "requests": len(t.samples), "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
             "mean_ms": stats.mean_ms, "throughput": t.images / t.wall_s, "client_cpu_s": t.client_cpu_s,
             "client_cores": t.client_cpu_s / t.wall_s, "mean_batch": t.rows / t.batches if t.batches else None}
 
 
-def _spin(server, model, x, clients: int, seconds: float, per_user: list[list[float]] | None = None) -> None:
+def _spin_http(server, model, x, clients: int, seconds: float, per_user: list[list[float]] | None = None) -> None:
     """The users as greenlets on one tritonclient connection pool of ``clients`` connections, the way
     tritonclient's own async_infer runs concurrent requests: cheaper for the shared CPU than OS threads."""
     import gevent
@@ -150,6 +154,37 @@ def _spin(server, model, x, clients: int, seconds: float, per_user: list[list[fl
         gevent.joinall(users, raise_error=True)
     finally:
         client.close()
+
+
+def _spin_grpc(server, model, x, clients: int, seconds: float, per_user: list[list[float]] | None = None) -> None:
+    """The users as coroutines on one tritonclient.grpc.aio channel (HTTP/2 streams side by side), the
+    way a gRPC client runs concurrent calls."""
+    import asyncio
+
+    import tritonclient.grpc.aio as grpcaio
+
+    per_user = per_user or [[] for _ in range(clients)]
+
+    async def main():
+        async with grpcaio.InferenceServerClient(server.grpc_host) as client:
+            inp = grpcaio.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            out = [grpcaio.InferRequestedOutput("logits")]
+            until = time.perf_counter() + seconds
+
+            async def user(latencies: list[float]) -> None:
+                while time.perf_counter() < until:
+                    t0 = time.perf_counter()
+                    await client.infer(model, [inp], outputs=out)
+                    latencies.append((time.perf_counter() - t0) * 1000.0)
+
+            await asyncio.gather(*(user(per_user[i]) for i in range(clients)))
+
+    asyncio.run(main())
+
+
+SPINS = {"http": _spin_http, "grpc": _spin_grpc}  # one client per transport of TRANSPORTS
+TRANSPORT_NAMES = {"http": "HTTP", "grpc": "gRPC"}
 
 
 def _batch_counts(server: ServeProcess, model: str) -> tuple[float, float]:
@@ -193,6 +228,9 @@ def run_serve_load(model_path: str | Path, options: LoadOptions | None = None, o
     model_path = Path(model_path)
     if not model_path.is_file():
         raise TLError(f"model not found: {model_path}")
+    unknown = [t for t in o.transports if t not in SPINS]
+    if unknown or not o.transports:
+        raise TLError(f"--transport: {', '.join(unknown) or 'none given'}; choose from {', '.join(TRANSPORTS)}")
     server = ServeProcess(model_path, "--name", "bench", *_serve_args(o))
     try:
         meta = server.client().get_model_metadata("bench")
@@ -201,29 +239,31 @@ def run_serve_load(model_path: str | Path, options: LoadOptions | None = None, o
         x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
         same = min(max(o.concurrency), max_batch)  # the batch the server can form at the highest concurrency
         batches = {b: np.random.default_rng(b).standard_normal((b, *shape)).astype(np.float32) for b in sorted({1, same})}
-        served, local = {c: Tally() for c in o.concurrency}, {b: Tally() for b in batches}
+        served = {(t, c): Tally() for t in o.transports for c in o.concurrency}
+        local = {b: Tally() for b in batches}
         piece = o.seconds / o.rounds
         with Classifier.load(model_path, backend=o.backend, providers=o.providers, intra_op_threads=o.threads) as clf:
             for _ in range(o.rounds):
-                for c in o.concurrency:
-                    load_slice(server, "bench", x, c, piece, served[c])
+                for (t, c), tally in served.items():
+                    load_slice(server, "bench", x, c, piece, tally, t)
                 for b, xb in batches.items():
                     in_process_slice(clf, xb, piece, local[b])
     finally:
         server.stop()
     from tl.runtime.env import environment
 
-    served_rows = [served_row(c, t) for c, t in served.items()]
+    served_rows = [served_row(c, tally, t) for (t, c), tally in served.items()]
     local_rows = [in_process_row(b, t) for b, t in local.items()]
+    summary = {t: _summary([r for r in served_rows if r["transport"] == t], local_rows, same) for t in o.transports}
     result = {"model": str(model_path), "options": asdict(o), "max_batch": max_batch, "served": served_rows,
-              "in_process": local_rows, "summary": _summary(served_rows, local_rows, same),
-              "environment": environment()}
+              "in_process": local_rows, "summary": summary, "environment": environment()}
     if out is not None:
         write_report(result, Path(out))
     return result
 
 
 def _summary(served: list[dict], local: list[dict], same: int) -> dict:
+    """One transport's figures against in-process: overhead at concurrency 1, throughput share at the top level."""
     by_c = {r["concurrency"]: r for r in served}
     by_b = {r["batch"]: r for r in local}
     top = by_c[max(by_c)]
@@ -257,10 +297,13 @@ def write_png(result: dict, path: Path) -> None:
     fig = Figure(figsize=(10, 4.2), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     ax_lat, ax_thr = fig.subplots(1, 2)
-    cs = [r["concurrency"] for r in result["served"]]
-    ax_lat.plot(cs, [r["p50_ms"] for r in result["served"]], "o-", label="tl serve p50")
-    ax_lat.plot(cs, [r["p99_ms"] for r in result["served"]], "o--", label="tl serve p99")
-    ax_thr.plot(cs, [r["throughput"] for r in result["served"]], "o-", label="tl serve")
+    for transport in result["summary"]:
+        rows = [r for r in result["served"] if r["transport"] == transport]
+        cs = [r["concurrency"] for r in rows]
+        name = TRANSPORT_NAMES[transport]
+        line = ax_lat.plot(cs, [r["p50_ms"] for r in rows], "o-", label=f"tl serve {name} p50")[0]
+        ax_lat.plot(cs, [r["p99_ms"] for r in rows], "o--", color=line.get_color(), label=f"tl serve {name} p99")
+        ax_thr.plot(cs, [r["throughput"] for r in rows], "o-", color=line.get_color(), label=f"tl serve {name}")
     for r in result["in_process"]:
         ax_lat.axhline(r["p50_ms"], ls=":", color="grey")
         ax_lat.text(cs[0], r["p50_ms"], f" in-process b={r['batch']} p50", va="bottom", fontsize=7)
@@ -280,17 +323,20 @@ def write_png(result: dict, path: Path) -> None:
 
 
 def markdown(result: dict) -> str:
-    s = result["summary"]
     lines = [f"# tl serve under load: {Path(result['model']).name} (max batch {result['max_batch']})", "",
              "| where | concurrency / batch | p50 ms | p99 ms | images/s | mean batch | client CPU (cores) |",
              "|---|---|---|---|---|---|---|"]
     for r in result["served"]:
         mean = f"{r['mean_batch']:.1f}" if r["mean_batch"] else "-"
-        lines.append(f"| tl serve | c={r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['throughput']:.0f} | {mean} | {r['client_cores']:.2f} |")
+        lines.append(f"| tl serve {TRANSPORT_NAMES[r['transport']]} | c={r['concurrency']} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['throughput']:.0f} | {mean} | {r['client_cores']:.2f} |")
     for r in result["in_process"]:
         lines.append(f"| in-process | b={r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput']:.0f} | - | - |")
-    lines += ["", f"- serving overhead at concurrency 1 (p50): {s.get('overhead_p50_ms', float('nan')):.2f} ms",
-              f"- throughput at concurrency {s['ratio_concurrency']} vs in-process batch {s['ratio_batch']}: "
-              f"{100 * s['throughput_ratio']:.0f}%", ""]
+    lines.append("")
+    for transport, s in result["summary"].items():
+        name = TRANSPORT_NAMES[transport]
+        lines += [f"- {name}: serving overhead at concurrency 1 (p50): {s.get('overhead_p50_ms', float('nan')):.2f} ms",
+                  f"- {name}: throughput at concurrency {s['ratio_concurrency']} vs in-process batch "
+                  f"{s['ratio_batch']}: {100 * s['throughput_ratio']:.0f}%"]
+    lines.append("")
     return "\n".join(lines)

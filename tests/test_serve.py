@@ -421,8 +421,8 @@ sys.meta_path.insert(0, _Block())
 def test_serve_load_report(model_file, tmp_path):
     """The load generator (`tl bench serve`), run as its CLI in a child interpreter (its report
     records the environment, which starts OpenVINO where installed): a real server at two
-    concurrencies, the same model in-process, and the report it writes (figures are measured, so
-    only their form is checked)."""
+    concurrencies over HTTP and gRPC, the same model in-process, and the report it writes (figures
+    are measured, so only their form is checked)."""
     import subprocess
     import sys
 
@@ -432,16 +432,20 @@ def test_serve_load_report(model_file, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((out / "serve_load.json").read_text())
-    served = {r["concurrency"]: r for r in result["served"]}
-    assert sorted(served) == [1, 4] and result["max_batch"] == 32 and result["options"]["rounds"] == 2
+    served = {(r["transport"], r["concurrency"]): r for r in result["served"]}
+    assert sorted(served) == [("grpc", 1), ("grpc", 4), ("http", 1), ("http", 4)]
+    assert result["max_batch"] == 32 and result["options"]["rounds"] == 2
     for r in served.values():
         assert r["requests"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput"] > 0 and r["client_cores"] > 0
-    assert served[1]["mean_batch"] == 1.0 and 1.0 <= served[4]["mean_batch"] <= 4.0
+    for t in ("http", "grpc"):
+        assert served[t, 1]["mean_batch"] == 1.0 and 1.0 <= served[t, 4]["mean_batch"] <= 4.0
+        s = result["summary"][t]
+        assert s["ratio_batch"] == 4
+        assert s["throughput_ratio"] == served[t, 4]["throughput"] / result["in_process"][1]["throughput"]
     assert [r["batch"] for r in result["in_process"]] == [1, 4]
-    s = result["summary"]
-    assert s["ratio_batch"] == 4 and s["throughput_ratio"] == served[4]["throughput"] / result["in_process"][1]["throughput"]
     md = (out / "serve_load.md").read_text()
-    assert "serving overhead at concurrency 1" in md and "| tl serve | c=4 |" in md and md.strip() in p.stdout
+    assert "gRPC: serving overhead at concurrency 1" in md and "| tl serve HTTP | c=4 |" in md
+    assert "| tl serve gRPC | c=4 |" in md and md.strip() in p.stdout
     assert (out / "serve_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -450,3 +454,5 @@ def test_serve_load_user_errors(tl_cli, model_file, tmp_path):
     assert_user_error(tl_cli("bench", "serve", model_file, "--concurrency", "1,many"), "--concurrency")
     assert_user_error(tl_cli("bench", "serve", tmp_path / "missing.onnx"), "model not found")
     assert_user_error(tl_cli("bench", "serve", model_file, "--rounds", "0"), "--rounds")
+    assert_user_error(tl_cli("bench", "serve", model_file, "--transport", "http,carrier-pigeon"), "--transport",
+                      "carrier-pigeon", "http, grpc")

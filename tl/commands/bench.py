@@ -135,6 +135,8 @@ def bench_table(result):
 @click.option("--out", type=PathParam(path_type=Path), default=None, help="Folder for serve_load.json, .md and .png.")
 @field_option(LoadOptions, "concurrency", default=_comma_default(LoadOptions, "concurrency"),
               help="Client counts, comma-separated.")
+@field_option(LoadOptions, "transports", "--transport", default=_comma_default(LoadOptions, "transports"),
+              help="Transports to load, comma-separated: http, grpc.")
 @field_option(LoadOptions, "seconds", type=click.FloatRange(min=0.1), help="Per level in total, split over the rounds.")
 @field_option(LoadOptions, "rounds", type=click.IntRange(min=1),
               help="Served levels and in-process batches alternate this many times.")
@@ -143,8 +145,8 @@ def bench_table(result):
 @field_option(LoadOptions, "backend", type=click.Choice(BACKEND_CHOICES), help="Backend of the server and in-process.")
 @field_option(LoadOptions, "providers", help="ONNX Runtime providers, e.g. cpu.")
 @field_option(LoadOptions, "threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads.")
-def serve_load(model, out, concurrency, **kwargs):
-    """Load `tl serve` with tritonclient at each concurrency and compare with in-process inference.
+def serve_load(model, out, concurrency, transports, **kwargs):
+    """Load `tl serve` with tritonclient (HTTP and gRPC) at each concurrency and compare with in-process inference.
 
     \b
       tl bench serve exports/x/model.onnx --out bench/serve   # serve_load.json, .md, .png
@@ -153,5 +155,6 @@ def serve_load(model, out, concurrency, **kwargs):
     from tl.benchmarks.serve_load import markdown, run_serve_load
 
     levels = int_list(concurrency, "--concurrency")
-    result = run_serve_load(model, LoadOptions(concurrency=levels, **kwargs), out)
+    names = tuple(t.strip().lower() for t in transports.split(",") if t.strip())
+    result = run_serve_load(model, LoadOptions(concurrency=levels, transports=names, **kwargs), out)
     click.echo(markdown(result))
