@@ -292,20 +292,27 @@ def test_oversized_body_is_refused(server):
 
 def test_sigterm_drains_queued_requests(model_file, clf):
     """Requests waiting for their batch when SIGTERM arrives are answered, then the server exits 0."""
+    assert_sigterm_drains(model_file, clf, [lambda s, x: infer(s.client(), x, model="drain")] * 4)
+
+
+def assert_sigterm_drains(model_file, clf, senders: list) -> None:
+    """One request per ``senders[i](server, rows)`` queued for a 1.5 s batch, SIGTERM, then each answered
+    with its logits and a clean exit 0."""
     s = ServeProcess(model_file, "--providers", "cpu", "--name", "drain", "--max-delay-ms", "1500", "--max-batch", "64")
-    x = batch(4, seed=3)
-    results = [None] * 4
+    n = len(senders)
+    x = batch(n, seed=3)
+    results = [None] * n
 
     def one(i):
-        results[i] = infer(s.client(), x[i:i + 1], model="drain")
+        results[i] = senders[i](s, x[i:i + 1])
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 20
-    while metric(s, "tl_queue_pending", model="drain").get("value", 0) < 4 and time.monotonic() < deadline:
+    while metric(s, "tl_queue_pending", model="drain").get("value", 0) < n and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert metric(s, "tl_queue_pending", model="drain")["value"] == 4
+    assert metric(s, "tl_queue_pending", model="drain")["value"] == n
     s.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(30)

@@ -18,26 +18,15 @@ from conftest import assert_user_error
 
 pytest.importorskip("fastapi")
 
-from test_serve import batch  # noqa: E402
+from test_serve import batch, clf, model_file  # noqa: E402,F401 (fixtures)
 from test_serve_safety import _nan_model  # noqa: E402
 from tl.benchmarks.serve_load import ServeProcess  # noqa: E402
-from tl.runtime import Classifier  # noqa: E402
 from tl.runtime.images import list_images  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 # 'm': config.pbtxt names its file (default_model_filename) and no max_batch_size, so the model's own
 # bound applies; 'nan': a model whose logits are NaN.
 CONFIG_M = 'name: "m"\nplatform: "onnxruntime_onnx"\ndefault_model_filename: "resnet.onnx"\n'
-
-
-@pytest.fixture(scope="module")
-def model_file(make_onnx) -> Path:
-    return make_onnx()[0]
-
-
-@pytest.fixture(scope="module")
-def clf(model_file):
-    return Classifier.load(model_file, providers="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import shutil
-import signal
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,22 +19,12 @@ import grpc  # noqa: E402
 import tritonclient.grpc.aio as grpcaio  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from test_serve import CONFIG, MODEL, batch, metric  # noqa: E402
+from test_serve import CONFIG, MODEL, assert_sigterm_drains, batch, clf, metric, model_file  # noqa: E402,F401
+from test_serve import infer as http_infer  # noqa: E402
 from tl.benchmarks.serve_load import ServeProcess  # noqa: E402
-from tl.runtime import Classifier  # noqa: E402
 from tl.runtime.images import list_images  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
-
-
-@pytest.fixture(scope="module")
-def model_file(make_onnx) -> Path:
-    return make_onnx()[0]
-
-
-@pytest.fixture(scope="module")
-def clf(model_file):
-    return Classifier.load(model_file, providers="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -270,28 +256,11 @@ def test_full_queue_is_unavailable(model_file, clf):
         assert s.stop() == 0, "".join(s.lines)
 
 
-def test_sigterm_drains_queued_grpc_requests(model_file, clf):
-    """gRPC requests waiting for their batch when SIGTERM arrives are answered; then the server exits 0."""
-    s = ServeProcess(model_file, "--providers", "cpu", "--name", "drain", "--max-delay-ms", "1500", "--max-batch", "64")
-    x = batch(4, seed=27)
-    results: list = [None] * 4
-
-    def one(i):
-        results[i] = infer(s.grpc_client(), x[i:i + 1], model="drain")
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 20
-    while metric(s, "tl_queue_pending", model="drain").get("value", 0) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert metric(s, "tl_queue_pending", model="drain")["value"] == 4
-    s.proc.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(30)
-    assert s.stop() == 0, "".join(s.lines)
-    np.testing.assert_allclose(np.concatenate(results), clf.predict_logits(x), **TOL)
-    assert "stopped" in s.lines[-1] and "Traceback" not in "".join(s.lines)
+def test_sigterm_drains_queued_grpc_and_http_requests(model_file, clf):
+    """gRPC and HTTP requests waiting for the same batch when SIGTERM arrives are all answered; exit 0."""
+    over_grpc = lambda s, x: infer(s.grpc_client(), x, model="drain")  # noqa: E731
+    over_http = lambda s, x: http_infer(s.client(), x, model="drain")  # noqa: E731
+    assert_sigterm_drains(model_file, clf, [over_grpc, over_http, over_grpc, over_http])
 
 
 def test_grpc_port_taken_and_no_grpc(tl_cli, model_file):
@@ -308,3 +277,33 @@ def test_grpc_port_taken_and_no_grpc(tl_cli, model_file):
         assert s.grpc_host is None and s.client().is_server_ready()
     finally:
         assert s.stop() == 0
+
+
+def test_raw_protocol_messages(server, clf):
+    """What tritonclient does not send: typed ``contents`` instead of raw bytes, raw contents that do not
+    match the inputs, a classification parameter that is no integer; built from the protocol's messages."""
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    x = batch(1, seed=28)
+    with grpc.insecure_channel(server.grpc_host) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name=MODEL)
+        req.inputs.add(name="input", datatype="FP32", shape=list(x.shape)).contents.fp32_contents.extend(x.ravel())
+        answer = stub.ModelInfer(req)
+        got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(list(answer.outputs[0].shape))
+        np.testing.assert_allclose(got, clf.predict_logits(x), **TOL)
+
+        mismatched = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[x.tobytes(), x.tobytes()])
+        mismatched.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+        short = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[x.tobytes()[:100]])
+        short.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+        ranked = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[x.tobytes()])
+        ranked.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+        ranked.outputs.add(name="logits").parameters["classification"].string_param = "two"
+        empty = pb.ModelInferRequest(model_name=MODEL)
+        for bad, fragment in ((mismatched, "2 raw_input_contents for 1 inputs"), (short, "needs 49152 bytes"),
+                              (ranked, "classification must be a non-negative integer"), (empty, "at least one input")):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(bad)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in e.value.details()
