@@ -175,7 +175,8 @@ class GrpcTransport:
         port = self.port
         self.server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # never share the port with another server
-            ("grpc.max_receive_message_length", self.endpoints.max_body),  # larger: RESOURCE_EXHAUSTED, as 413
+            # larger: RESOURCE_EXHAUSTED, as HTTP's 413 (grpcio takes a C int)
+            ("grpc.max_receive_message_length", min(self.endpoints.max_body, 2**31 - 1)),
             ("grpc.max_send_message_length", -1),
         ])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Service(self.endpoints), self.server)

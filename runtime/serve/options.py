@@ -12,17 +12,19 @@ class ServeOptions:
     host: str = "127.0.0.1"  # loopback: exposing a model is a decision, not a default
     port: int = 8000  # 0 picks a free port (the ready line says which)
     grpc_port: int | None = 8001  # the gRPC service, Triton's port; 0 picks a free one; None: no gRPC
-    max_batch: int | None = None  # None: config.pbtxt's max_batch_size, else the model's, else 16
+    # Each model's max_batch_size (most rows per batch and per request); None: config.pbtxt's, else the
+    # model's own bound (engine profile, fixed batch, tl.max_batch), else DEFAULT_MAX_BATCH.
+    max_batch: int | None = None
     # How long the first request of a batch waits for company. 0 (Triton's default): a batch takes what
     # is already waiting, which under load is whatever queued while the previous batch ran.
     max_delay_ms: float = 0.0
-    queue: int = 256  # requests waiting per model; one more is answered 503
+    queue: int = 256  # requests waiting per model; one more is refused (503 / UNAVAILABLE)
     backend: str = "auto"
     providers: str | None = None  # ONNX Runtime providers, e.g. "cpu"
     threads: int | None = None  # ONNX Runtime intra-op threads (None: every core)
     device: int = 0
     name: str | None = None  # the model's name when serving one file (default: file name without suffix)
-    max_body_mb: float = 64.0  # larger request bodies are refused (413) before they are read
+    max_body_mb: float = 64.0  # larger request bodies (413) or gRPC messages (RESOURCE_EXHAUSTED) are refused
 
     def __post_init__(self) -> None:
         lows = (("--max-batch", self.max_batch, 1), ("--queue", self.queue, 1), ("--max-delay-ms", self.max_delay_ms, 0),

@@ -22,14 +22,14 @@ from tl.runtime.serve.options import ServeOptions
                    "(default: config.pbtxt's, else the model's own, else 32).")
 @field_option(ServeOptions, "max_delay_ms", type=click.FloatRange(min=0),
               help="How long a request waits for others to join its batch (0: only those already waiting).")
-@field_option(ServeOptions, "queue", type=click.IntRange(min=1), help="Requests waiting per model; more get 503.")
+@field_option(ServeOptions, "queue", type=click.IntRange(min=1), help="Requests waiting per model; more are refused (503 / UNAVAILABLE).")
 @field_option(ServeOptions, "backend", type=click.Choice(BACKEND_CHOICES),
               help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan -> TensorRT.")
 @field_option(ServeOptions, "providers", help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu.")
 @field_option(ServeOptions, "threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads (default: all cores).")
 @field_option(ServeOptions, "device", type=int, help="GPU index.")
 @field_option(ServeOptions, "name", help="Model name for a single file (default: the file name without .onnx/.plan).")
-@field_option(ServeOptions, "max_body_mb", type=click.FloatRange(min=0), help="Largest request body accepted.")
+@field_option(ServeOptions, "max_body_mb", type=click.FloatRange(min=0), help="Largest request accepted (HTTP body or gRPC message).")
 def serve(source, no_grpc, **kwargs):
     """Serve a model file or a Triton-layout repository over the Open Inference Protocol
     (KServe v2 / Triton: REST and gRPC).
