@@ -307,3 +307,17 @@ def test_raw_protocol_messages(server, clf):
             with pytest.raises(grpc.RpcError) as e:
                 stub.ModelInfer(bad)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in e.value.details()
+
+
+def test_serve_without_grpcio(model_file, tmp_path):
+    """Without grpcio / tritonclient[grpc], tl serve says what to install, or to serve HTTP only."""
+    import os
+
+    from conftest import run_tl_subprocess
+    from test_serve import BLOCKER_FASTAPI
+
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER_FASTAPI.replace('("fastapi", "uvicorn", "starlette")',
+                                                                       '("grpc", "tritonclient")'))
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    r = run_tl_subprocess("serve", model_file, "--port", "0", "--grpc-port", "0", env=env, timeout=120)
+    assert_user_error(r, "grpcio and tritonclient[grpc]", "pip install 'tl[serve]'", "--no-grpc")
