@@ -25,7 +25,8 @@ class BadRequest(ServeError):
 
 
 class NotFound(ServeError):
-    """An unknown model or version."""
+    """An unknown model or version. Triton answers UNAVAILABLE; gRPC clients retry that code (the
+    KServe SDK's retry policy does), and a name that does not exist is no reason to retry."""
 
     http, grpc = 404, "NOT_FOUND"
 

@@ -6,7 +6,8 @@ model_config_pb2), not a copy of the .proto: Triton's and KServe's definitions o
 messages are the same on the wire, so both ecosystems' clients talk to it. Tensors travel as
 ``raw_input_contents`` / ``raw_output_contents`` (``contents`` is read too); encoded images are a
 BYTES input as on HTTP; an output's ``classification`` parameter asks for the top K. Errors are
-the gRPC status codes of the error table (tl.runtime.serve.errors), as Triton maps its own.
+the gRPC status codes of the error table (tl.runtime.serve.errors), as Triton maps its own except
+for an unknown model (see NotFound there).
 """
 
 from __future__ import annotations
