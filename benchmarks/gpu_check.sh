@@ -47,6 +47,21 @@ step() {  # step NAME CMD...: run, log to OUT/logs/NAME.log, record seconds; sto
     fi
 }
 
+# Before anything imports them: a box without torch (a Jetson's runtime-only install, a bare Python)
+# gets this line on the terminal, not a silent exit from the environment block below.
+if ! "$PY" -c "import sys" >/dev/null 2>&1; then
+    echo "error: PYTHON=$PY does not run; point PYTHON at the interpreter that has torch" | tee -a "$SUMMARY" >&2
+    exit 1
+fi
+missing=$("$PY" -c "
+import importlib.util
+need = ['torch', 'torchvision', 'onnx', 'onnxscript', 'onnxruntime', 'click', 'rich', 'numpy', 'PIL', 'matplotlib']
+print(' '.join(m for m in need if importlib.util.find_spec(m) is None))")
+if [[ -n "$missing" ]]; then
+    echo "error: missing Python packages: $missing ($PY; this script installs tl with --no-deps; install them from a local wheelhouse; a box without torch builds its engine with: tl export model.onnx --trt)" | tee -a "$SUMMARY" >&2
+    exit 1
+fi
+
 # -- environment ---------------------------------------------------------------------------
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -61,25 +76,20 @@ for d in ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxrunt
         print(d, md.version(d))
     except md.PackageNotFoundError:
         print(d, "not installed")
-import torch
-print("cuda available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+try:
+    import torch
+    print("cuda available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+except Exception as e:  # reported, never fatal: the package check above names what is missing
+    print("torch:", e)
 try:
     import onnxruntime as ort
     print("ort providers", ort.get_available_providers())
 except Exception:
     pass
 EOF
-} >"$OUT/environment.txt" 2>&1
+} >"$OUT/environment.txt" 2>&1 || true
 cat "$OUT/environment.txt"
 
-missing=$("$PY" -c "
-import importlib.util
-need = ['torch', 'torchvision', 'onnx', 'onnxscript', 'onnxruntime', 'click', 'rich', 'numpy', 'PIL', 'matplotlib']
-print(' '.join(m for m in need if importlib.util.find_spec(m) is None))")
-if [[ -n "$missing" ]]; then
-    echo "error: missing Python packages: $missing (this script installs tl with --no-deps; install them from a local wheelhouse)" | tee -a "$SUMMARY" >&2
-    exit 1
-fi
 if [[ "$DEVICE" == cuda ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "error: torch sees no CUDA GPU; this script is for a CUDA machine (DEVICE=cpu only smoke-tests it)" | tee -a "$SUMMARY" >&2
     exit 1
@@ -122,6 +132,9 @@ step train "${TL[@]}" train "$OUT/data" --out "$OUT/run" --arch "$ARCH" --weight
 step resume "${TL[@]}" train --resume "$OUT/run/last.pt" --epochs 2 --no-progress
 step export "${TL[@]}" export "$OUT/run" --out "$OUT/export" --onnx --fp16 --int8 "${TRT_FLAG[@]}" \
     --max-batch "$MAXB" --opt-batch "$OPTB" --calib-dir "$OUT/data/train" --calib-count 32 --parity-count 64
+# The edge box's route on this GPU: FP16 and INT8 built from model.onnx alone, checked against it.
+step edge-export "${TL[@]}" export "$OUT/export/model.onnx" --out "$OUT/edge" --fp16 --int8 \
+    --calib-dir "$OUT/data/train" --calib-count 32 --val-dir "$OUT/data/val" --parity-count 64
 step bench "${TL[@]}" bench "$OUT/run" "$OUT/export" --device "$DEVICE" --batch-sizes "$BATCHES" \
     --warmup 2 --seconds "$SECONDS_PER_CELL" --val-dir "$OUT/data/val" --out "$OUT/bench" \
     ${BACKENDS:+--backends "$BACKENDS"}

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl.runtime.artifact import DEFAULT_MAX_BATCH
+from tl.runtime.artifact import DEFAULT_MAX_BATCH, kind_of
 from tl.runtime.errors import TLError, require
 
 CALIB_METHODS = ("minmax", "entropy", "percentile", "auto")
@@ -25,19 +25,21 @@ IMAGE_COUNT = 256  # images INT8 calibration and the parity check each sample by
 class ExportOptions:
     """Which artifacts to write from ``checkpoint`` into ``out``, and how to check them.
 
+    ``checkpoint`` is a checkpoint (best.pt) or run folder, or an FP32 ``model.onnx`` that tl
+    exported: the torch-free route of an edge box, where the engine must be built on the device.
     Formats: ``onnx`` keeps model.onnx (FP32); ``fp16``, ``int8`` and ``trt`` add their
-    artifacts and build model.onnx as their source without keeping it. No format at all
-    means ``onnx``.
+    artifacts and build model.onnx as their source without keeping it (an ONNX source is always
+    kept: it is the export's reference). No format at all means ``onnx``.
     """
 
     checkpoint: str | Path
-    out: str | Path | None = None  # default: exports/<run folder name>
+    out: str | Path | None = None  # default: exports/<run folder name, or the ONNX file's folder name>
     onnx: bool = False
     fp16: bool = False
     int8: bool = False
     trt: bool = False  # model.fp16.plan (+ model.int8.plan with int8); implies fp16
-    opset: int = DEFAULT_OPSET
-    max_batch: int = DEFAULT_MAX_BATCH
+    opset: int | None = None  # None: DEFAULT_OPSET; only a checkpoint export writes an opset
+    max_batch: int | None = None  # None: an ONNX source's own bound, else DEFAULT_MAX_BATCH
     min_batch: int = 1
     opt_batch: int = 8
     calib_dir: str | Path | None = None
@@ -54,10 +56,13 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         checks = (
-            (MIN_OPSET <= self.opset <= MAX_OPSET,
+            (self.opset is None or MIN_OPSET <= self.opset <= MAX_OPSET,
              f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (got {self.opset}); "
              f"17 is what TensorRT 8.6 parses, {DEFAULT_OPSET} is the default"),
-            (self.max_batch >= 2, f"--max-batch must be at least 2 (got {self.max_batch})"),
+            (self.opset is None or not self.from_onnx,
+             f"--opset applies to an export from a checkpoint: {self.checkpoint} already has its opset; "
+             "export again from the checkpoint to change it"),
+            (self.max_batch is None or self.max_batch >= 2, f"--max-batch must be at least 2 (got {self.max_batch})"),
             (self.calib_method in CALIB_METHODS,
              f"--calib-method must be one of {', '.join(CALIB_METHODS)} (got {self.calib_method!r})"),
             (self.reduce_range in REDUCE_RANGE,
@@ -74,17 +79,26 @@ class ExportOptions:
             (self.triton_name is None or self.triton is not None, "--triton-name needs --triton REPO"),
         )
         require(*checks)
-        if self.trt:
-            if self.min_batch < 1:
-                raise TLError(f"--min-batch must be at least 1 (got {self.min_batch})")
-            if not self.min_batch <= self.opt_batch <= self.max_batch:
-                raise TLError("batch sizes must satisfy --min-batch <= --opt-batch <= --max-batch "
-                              f"(got {self.min_batch}, {self.opt_batch}, {self.max_batch})")
+        if self.trt and self.max_batch is not None:  # an ONNX source's bound is checked once it is read
+            self.check_profile(self.max_batch)
+
+    def check_profile(self, max_batch: int) -> None:
+        """The TensorRT profile's batch sizes: --min-batch <= --opt-batch <= the largest batch."""
+        if self.min_batch < 1:
+            raise TLError(f"--min-batch must be at least 1 (got {self.min_batch})")
+        if not self.min_batch <= self.opt_batch <= max_batch:
+            raise TLError("batch sizes must satisfy --min-batch <= --opt-batch <= --max-batch "
+                          f"(got {self.min_batch}, {self.opt_batch}, {max_batch})")
+
+    @property
+    def from_onnx(self) -> bool:
+        """The source is an exported ONNX file (no torch needed), not a checkpoint."""
+        return kind_of(self.checkpoint) == "onnx"
 
     @property
     def keep_onnx(self) -> bool:
-        """model.onnx is an output (asked for, or nothing else was), not only a source."""
-        return self.onnx or not (self.fp16 or self.int8 or self.trt)
+        """model.onnx is an output (asked for, nothing else was, or it is the source), not only a source."""
+        return self.onnx or self.from_onnx or not (self.fp16 or self.int8 or self.trt)
 
     @property
     def precisions(self) -> tuple[str, ...]:

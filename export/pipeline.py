@@ -2,7 +2,9 @@
 
 The shape of Ultralytics' ``export_<fmt>`` methods under one ``@try_export``: a step writes
 one file and returns its path; :func:`_run_step` times it, reports progress, compares the
-file with eager PyTorch FP32 on the parity images and returns the report row.
+file with the reference on the parity images and returns the report row. The reference is
+eager PyTorch FP32 for a checkpoint, and ONNX Runtime running the FP32 file for an export
+from model.onnx, which needs no torch (:mod:`tl.export.source`).
 
 The output folder is always one export: the command holds its lock, the steps write into a
 staging folder inside it, and only a complete export is moved in (:func:`_commit`), replacing
@@ -25,19 +27,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tl.export import calib, fp16, int8, triton, trt
+from tl.export import calib, fp16, triton, trt
 from tl.export import onnx as onnx_step
 from tl.export import parity as par
-from tl.export.options import ExportOptions
+from tl.export.options import DEFAULT_OPSET, ExportOptions
 from tl.export.parity import ArtifactReport, ParityImages, accuracy
+from tl.export.source import Source, calibration_files, load_source
 from tl.runtime.artifact import ARTIFACTS, SPEC_KEY, artifact_for, artifact_kind, onnx_metadata
 from tl.runtime.backends.registry import entry_for
 from tl.runtime.errors import TLError
-from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock, sha256_file, signals_deferred
+from tl.runtime.files import atomic_write_text, ensure_output_dir, output_lock, signals_deferred
 from tl.runtime.gpu import cuda_device, import_cudart, import_tensorrt
 from tl.runtime.progress import SILENT, Reporter
 from tl.runtime.sidecar import read_sidecar, sidecar_path
-from tl.runtime.spec import ModelSpec
 
 STAGING = ".tl-export-staging"  # inside --out: an export in progress (or one killed mid-way)
 REPORT = "export.json"
@@ -55,8 +57,9 @@ class ExportResult:
     image_source: str
     warnings: list[str] = field(default_factory=list)
     triton: list[Path] = field(default_factory=list)  # model folders written with --triton
-    reference_accuracy: float | None = None  # eager FP32's top-1 on the parity images, where labelled
+    reference_accuracy: float | None = None  # the reference's top-1 on the parity images, where labelled
     calibration: dict[str, Any] | None = None
+    reference: str = "eager PyTorch FP32"  # what every artifact was compared with (tl.export.source)
 
     def files(self) -> list[Path]:
         return [self.out / a.file for a in self.artifacts]
@@ -64,13 +67,10 @@ class ExportResult:
 
 @dataclass
 class ExportContext:
-    """What every step reads: the model, where files go, the parity images and their reference logits."""
+    """What every step reads: the source, where files go, the parity images and their reference logits."""
 
     options: ExportOptions
-    model: Any
-    spec: ModelSpec
-    ckpt: dict[str, Any]
-    checkpoint_sha256: str  # the stamp every artifact carries
+    source: Source  # the checkpoint's model, or the FP32 ONNX file; its stamp goes on every artifact
     out: Path  # the export folder: touched only by _commit
     staging: Path  # where the steps write; moved into ``out`` when every step succeeded
     work: Path  # inside staging: sources that are not outputs (model.onnx without --onnx); never moved into ``out``
@@ -98,9 +98,12 @@ def _onnx_file(precision: str) -> str:
 
 
 def step_onnx(ctx: ExportContext) -> Path:
-    o = ctx.options
-    return onnx_step.export_onnx(ctx.model, ctx.spec, ctx.place(_onnx_file("fp32")), opset=o.opset,
-                                 max_batch=o.max_batch, checkpoint_sha256=ctx.checkpoint_sha256)
+    src, path = ctx.source, ctx.place(_onnx_file("fp32"))
+    if src.is_onnx:  # the file itself: every other artifact derives from it, and it stays beside them
+        shutil.copyfile(src.path, path)
+        return path
+    return onnx_step.export_onnx(src.model, src.spec, path, opset=ctx.options.opset or DEFAULT_OPSET,
+                                 max_batch=src.max_batch, checkpoint_sha256=src.stamp)
 
 
 def step_fp16(ctx: ExportContext) -> Path:
@@ -120,8 +123,9 @@ def step_engine(precision: str) -> Callable[[ExportContext], Path]:
         if cache.is_file() and not (ctx.staging / trt.TIMING_CACHE).exists():
             shutil.copyfile(cache, ctx.staging / trt.TIMING_CACHE)
         engine, _ = trt.build_engine(  # the engine's build record takes the checkpoint stamp from its source ONNX
-            sources=[ctx.staging, ctx.work], out_dir=ctx.staging, spec=ctx.spec, precision=precision, device=o.device,
-            options=trt.TrtOptions(min_batch=o.min_batch, opt_batch=o.opt_batch, max_batch=o.max_batch,
+            sources=[ctx.staging, ctx.work], out_dir=ctx.staging, spec=ctx.source.spec, precision=precision,
+            device=o.device,
+            options=trt.TrtOptions(min_batch=o.min_batch, opt_batch=o.opt_batch, max_batch=ctx.source.max_batch,
                                    workspace_gib=o.workspace, opt_level=o.opt_level),
         )
         return engine
@@ -131,7 +135,8 @@ def step_engine(precision: str) -> Callable[[ExportContext], Path]:
 
 def plan_steps(o: ExportOptions) -> list[tuple[str, str, Callable[[ExportContext], Path]]]:
     """(precision, description, step) in order; every artifact after the first derives from model.onnx."""
-    steps = {"fp32": (f"exporting {_onnx_file('fp32')} (torch.onnx)", step_onnx),
+    first = f"copying {Path(o.checkpoint).name}" if o.from_onnx else f"exporting {_onnx_file('fp32')} (torch.onnx)"
+    steps = {"fp32": (first, step_onnx),
              "fp16": (f"converting {_onnx_file('fp16')}", step_fp16),
              "int8": (f"quantizing {_onnx_file('int8')}", step_int8)}
     plan = [(p, *steps[p]) for p in o.precisions]
@@ -153,12 +158,12 @@ def _written_names(o: ExportOptions) -> list[str]:
 
 
 def _run_step(ctx: ExportContext, precision: str, description: str, step: Callable[[ExportContext], Path]) -> ArtifactReport:
-    """Time one step, then check its file against eager PyTorch FP32 (the ``@try_export`` of this pipeline)."""
+    """Time one step, then check its file against the reference (the ``@try_export`` of this pipeline)."""
     with ctx.reporter.task(description):
         t0 = time.perf_counter()
         path = step(ctx)
         seconds = time.perf_counter() - t0
-    with ctx.reporter.task(f"checking {path.name} against PyTorch"):
+    with ctx.reporter.task(f"checking {path.name} against {ctx.source.reference}"):
         logits, provider = par.artifact_logits(path, ctx.images.batch, device=ctx.options.device)
     report = ArtifactReport(file=path.name, precision=precision, backend=entry_for(path).name, provider=provider,
                             size_mb=round(path.stat().st_size / 1e6, 3), seconds=round(seconds, 3))
@@ -178,32 +183,17 @@ def _require_tensorrt_gpu(o: ExportOptions) -> None:
     cuda_device(import_cudart(), o.device)
 
 
-def _load(o: ExportOptions) -> tuple[Any, ModelSpec, dict[str, Any], list[Path] | None]:
-    """The checkpoint and the calibration images, checked before the output folder is touched."""
-    from tl.train.checkpoint import load_model
-
-    model, spec, ckpt = load_model(o.checkpoint)
-    calib_files = None
-    if o.int8:  # find calibration images before spending time on the export
-        calib_files = int8.calibration_images(calib_dir=o.calib_dir, ckpt=ckpt, count=o.calib_count)
-        if o.calib_method == "auto":
-            calib.require_selection_images(o.val_dir, ckpt)
-    return model, spec, ckpt, calib_files
-
-
-def _prepare(o: ExportOptions, reporter: Reporter, loaded, *, out: Path) -> ExportContext:
-    model, spec, ckpt, calib_files = loaded
-    with reporter.task("eager PyTorch FP32 reference"):
-        images = par.parity_images(spec=spec, ckpt=ckpt, val_dir=o.val_dir, count=o.parity_count)
-        reference = par.torch_logits(model, images.batch)
-    par.check_reference(reference, model, o.checkpoint)
+def _prepare(o: ExportOptions, reporter: Reporter, source: Source, calib_files: list[Path] | None, *,
+             out: Path) -> ExportContext:
+    with reporter.task(f"{source.reference} reference"):
+        images = par.parity_images(spec=source.spec, ckpt=source.ckpt, val_dir=o.val_dir, count=o.parity_count)
+        reference = source.logits(images.batch)
     staging = out / STAGING
     _remove_leftovers(out, reporter)
     staging.mkdir()
     work = staging / "sources"  # a folder: _commit moves only staging's files
     work.mkdir()
-    return ExportContext(options=o, model=model, spec=spec, ckpt=ckpt, checkpoint_sha256=sha256_file(ckpt["path"]),
-                         out=out, staging=staging, work=work, images=images, reference=reference,
+    return ExportContext(options=o, source=source, out=out, staging=staging, work=work, images=images, reference=reference,
                          reporter=reporter, calib_files=calib_files)
 
 
@@ -220,13 +210,16 @@ def _remove_leftovers(out: Path, reporter: Reporter) -> None:
 def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResult:
     """Write the requested artifacts and export.json into ``options.output_dir()``; see the module docstring."""
     _require_tensorrt_gpu(options)
-    loaded = _load(options)
-    triton_base = _check_triton_target(options, loaded[1])
+    source = load_source(options)
+    if options.trt:
+        options.check_profile(source.max_batch)
+    calib_files = calibration_files(options, source)
+    triton_base = _check_triton_target(options, source)
     out = ensure_output_dir(options.output_dir(), option="--out")
     with output_lock(out, "tl export", reporter=reporter):
         _check_targets(out, _written_names(options))
         try:
-            ctx = _prepare(options, reporter, loaded, out=out)
+            ctx = _prepare(options, reporter, source, calib_files, out=out)
             for precision, description, step in plan_steps(options):
                 report = _run_step(ctx, precision, description, step)
                 ctx.reports.append(report)
@@ -241,26 +234,28 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
     warnings = [f"{r.file}: {r.note}" for r in ctx.reports if r.status == "warning"]
     return ExportResult(out=out, artifacts=ctx.reports, report=path, images=len(ctx.images.batch),
                         image_source=ctx.images.source, warnings=warnings, triton=models,
-                        calibration=ctx.calibration, reference_accuracy=accuracy(ctx.reference, ctx.images.labels))
+                        calibration=ctx.calibration, reference_accuracy=accuracy(ctx.reference, ctx.images.labels),
+                        reference=source.reference)
 
 
-def _check_triton_target(o: ExportOptions, spec: ModelSpec) -> str | None:
+def _check_triton_target(o: ExportOptions, source: Source) -> str | None:
     """With --triton: its REPO, model names, labels and the engines' batch profile checked now; the base model name."""
     if o.triton is None:
         return None
     inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
     return triton.check_target(o.triton, o.triton_name, out=o.output_dir(), inputs=inputs, files=kept_files(o),
-                               spec=spec, engine_min_batch=o.min_batch if o.trt else None)
+                               spec=source.spec, engine_min_batch=o.min_batch if o.trt else None)
 
 
 def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:
     """A failed check: no file of this export is kept; export.json records the failure unless an earlier
     export lives in the folder (that one stays exactly as it was)."""
     _remove(ctx.staging / report.file)
-    advice = ("This is a bug in the exporter for this model: try another --opset, or report it"
-              if report.precision == "fp32" else
-              f"{report.precision.upper()} arithmetic does not hold this model's values: export without it")
-    cause = f"{report.file} does not match PyTorch ({report.note}); removed it. {advice}"
+    advice = (f"{report.precision.upper()} arithmetic does not hold this model's values: export without it"
+              if report.precision != "fp32" else
+              "The copy differs from its source: check the disk and memory of this machine" if ctx.source.is_onnx else
+              "This is a bug in the exporter for this model: try another --opset, or report it")
+    cause = f"{report.file} does not match {ctx.source.short} ({report.note}); removed it. {advice}"
     if (ctx.out / REPORT).exists() or _tl_artifacts(ctx.out):
         return TLError(f"{cause}. The earlier export in {ctx.out} is unchanged")
     ctx.reports = [report]  # the artifacts checked before it stay in staging, which is removed: list none of them
@@ -368,12 +363,15 @@ def _remove(path: Path) -> None:
 
 
 def _write_report(ctx: ExportContext) -> Path:
+    src = ctx.source
     data: dict[str, Any] = {
-        "checkpoint": str(Path(ctx.ckpt.get("path", ctx.options.checkpoint)).resolve()),
-        "checkpoint_sha256": ctx.checkpoint_sha256,
+        "checkpoint": None if src.is_onnx else str(src.path.resolve()),  # bench's PyTorch rows load it
+        "checkpoint_sha256": src.stamp,
+        "source": str(src.path.resolve()),  # the checkpoint, or the FP32 ONNX file the export was built from
+        "reference": src.reference,  # what max |diff| and top-1 agreement compare with
         "images": int(len(ctx.images.batch)),
         "image_source": ctx.images.source,
-        "reference_accuracy": accuracy(ctx.reference, ctx.images.labels),  # eager FP32; null: no labels
+        "reference_accuracy": accuracy(ctx.reference, ctx.images.labels),  # the reference's; null: no labels
         "artifacts": [r.to_dict() for r in ctx.reports],
     }
     if ctx.calibration is not None:

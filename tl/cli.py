@@ -26,6 +26,16 @@ COMMANDS = {
     "demo": "tl.commands.demo:demo",
 }
 
+# An optional package's top-level module -> the extra that installs it (pyproject.toml). A runtime-only
+# install (an edge box) lacks torch: the commands that need it say so in one line instead of a traceback.
+EXTRAS = {
+    "torch": "train", "torchvision": "train", "onnxscript": "train", "matplotlib": "train",
+    "onnx": "cpu", "onnxruntime": "cpu",
+    "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "grpc": "serve", "tritonclient": "serve",
+    "openvino": "openvino", "tensorrt": "gpu", "cuda": "gpu",
+}
+WITHOUT_TORCH = "without torch, tl predict, tl info, tl serve and tl export MODEL.onnx work"
+
 
 def field_option(options_cls, name: str, *decls: str, **kwargs):
     """``--name`` for the field ``name`` of an options dataclass, with that field's default.
@@ -132,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except ModuleNotFoundError as e:
+        message = missing_extra(e, argv if argv is not None else sys.argv[1:])
+        if debug or message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)
     except OSError as e:
         # Last resort for a file operation no TLError wrapped: it names its file, so it is
         # the user's to fix (a read-only folder, a full disk). One without a file is a bug.
@@ -142,6 +158,19 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {_printable(os_error_message(e))}", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def missing_extra(e: ModuleNotFoundError, argv: list[str]) -> str | None:
+    """One line naming the extra that installs the missing package; None for a module tl does not know
+    (a broken installation, or a bug: its traceback is the useful report)."""
+    package = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(package)
+    if extra is None:
+        return None
+    command = next((a for a in argv if a in COMMANDS), None)
+    needs = f"tl {command}" if command else "this command"
+    line = f"{needs} needs {package}, which is not installed: pip install 'tl[{extra}]' (the {extra} extra)"
+    return f"{line}; {WITHOUT_TORCH}" if extra == "train" else line
 
 
 def _printable(message: object) -> str:

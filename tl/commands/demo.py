@@ -260,4 +260,6 @@ def demo(out):
     too where TensorRT and a GPU exist), classifies a few images through the torch-free
     runtime, benchmarks everything at batch 1 and 8, and prints where it all went.
     """
+    import torch  # noqa: F401 - without the train extra, one line before anything is written
+
     run_demo(out)

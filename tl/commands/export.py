@@ -9,7 +9,8 @@ from __future__ import annotations
 import click
 
 from tl.cli import PathParam, field_option
-from tl.export.options import CALIB_METHODS, MAX_OPSET, MIN_OPSET, REDUCE_RANGE, ExportOptions
+from tl.export.options import CALIB_METHODS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, REDUCE_RANGE, ExportOptions
+from tl.runtime.metadata import DEFAULT_MAX_BATCH
 
 
 def _opt(name: str, *decls: str, **kwargs):
@@ -23,12 +24,15 @@ def _opt(name: str, *decls: str, **kwargs):
 @_opt("fp16", is_flag=True, help="model.fp16.onnx: float16 weights/compute, float32 I/O.")
 @_opt("int8", is_flag=True, help="model.int8.onnx: QDQ, symmetric INT8, per-channel weights (+ model.int8.plan with --trt).")
 @_opt("trt", is_flag=True, help="TensorRT engine model.fp16.plan (+ sidecar); implies --fp16.")
-@_opt("opset", type=click.IntRange(MIN_OPSET, MAX_OPSET),
-      help="ONNX opset: 17 for TensorRT 8.6 (TorchScript exporter), 18 and up through the dynamo exporter.")
-@_opt("max_batch", type=int, help="Largest batch (ONNX dynamic dim bound, TensorRT profile max).")
+@_opt("opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), show_default=False,
+      help=f"ONNX opset of a checkpoint's export: 17 for TensorRT 8.6 (TorchScript exporter), 18 and up through the "
+           f"dynamo exporter [default: {DEFAULT_OPSET}].")
+@_opt("max_batch", type=int, help=f"Largest batch (ONNX dynamic dim bound, TensorRT profile max) "
+      f"[default: {DEFAULT_MAX_BATCH}; from an ONNX file: its own bound].")
 @_opt("min_batch", type=int, help="TensorRT profile min batch.")
 @_opt("opt_batch", type=int, help="TensorRT profile batch to tune for.")
-@_opt("calib_dir", type=PathParam(path_type=str), help="INT8 calibration images (default: the checkpoint's training images).")
+@_opt("calib_dir", type=PathParam(path_type=str),
+      help="INT8 calibration images (default: the checkpoint's training images; needed from an ONNX file).")
 @_opt("calib_count", type=int, help="Number of calibration images.")
 @_opt("calib_method", type=click.Choice(CALIB_METHODS),
       help="INT8 calibration; auto tries each and keeps the best on validation images (all recorded in export.json).")
@@ -47,10 +51,14 @@ def _opt(name: str, *decls: str, **kwargs):
 def export(checkpoint, **kwargs):
     """Export CHECKPOINT (best.pt or a run folder) to ONNX / TensorRT and check each artifact against PyTorch.
 
+    CHECKPOINT may also be a model.onnx tl exported: no torch needed, the artifacts are built from
+    it and checked against it (an edge box builds its TensorRT engine this way).
+
     \b
       tl export runs/x/best.pt --onnx --trt           # model.onnx, model.fp16.onnx, model.fp16.plan
       tl export runs/x --int8 --calib-dir data/train  # model.int8.onnx only
       tl export runs/x --triton models                # + models/x/ for tl serve and Triton
+      tl export x/model.onnx --trt --int8 --calib-dir images/  # on a Jetson: exports/x/, no torch
     """
     from tl.console import RichReporter, print_table
     from tl.export.pipeline import export as run_export
@@ -73,8 +81,9 @@ def parity_table(result):
     from rich.table import Table
 
     labelled = result.reference_accuracy is not None
-    title = f"parity vs eager PyTorch FP32 on {result.images} images ({result.image_source})"
-    table = Table(title=title + (f"; eager FP32 accuracy {result.reference_accuracy:.1%}" if labelled else ""))
+    title = f"parity vs {result.reference} on {result.images} images ({result.image_source})"
+    whose = "eager FP32" if result.reference.startswith("eager") else "reference"
+    table = Table(title=title + (f"; {whose} accuracy {result.reference_accuracy:.1%}" if labelled else ""))
     for col, justify in (("file", "left"), ("precision", "left"), ("backend", "left"), ("size MB", "right"),
                          ("time s", "right"), ("max |diff|", "right"), ("mean |diff|", "right"),
                          ("top-1 agree", "right")) + ((("accuracy", "right"),) if labelled else ()) + (("status", "left"),):
