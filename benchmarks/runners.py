@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,11 +81,32 @@ class Runner:
 # -- PyTorch ------------------------------------------------------------------------------
 
 
+def exact_fp32(torch) -> Callable[[], None]:
+    """TF32 off for CUDA matmuls and cuDNN convolutions (on by default for convolutions, on Ampere and newer);
+    returns what puts the earlier settings back. The eager FP32 row is every other row's reference: it
+    must compute FP32, as its name says. torch 2.9+ spells it ``fp32_precision``, older ``allow_tf32``."""
+    conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(matmul, "fp32_precision"):
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision = matmul.fp32_precision = "ieee"
+
+        def restore() -> None:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:
+        saved = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
+
+        def restore() -> None:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
+    return restore
+
+
 class SharedModel:
     """One torch model behind several runners (the eager, autocast and compile rows of one bench).
 
     The first runner that loads it moves it to the bench device; the last one that closes moves it
     back to ``HOST``, so closing one row never takes the weights from the rows still to be checked.
+    On CUDA, TF32 is off while any row holds it (:func:`exact_fp32`).
     """
 
     HOST = "cpu"
@@ -93,16 +114,25 @@ class SharedModel:
     def __init__(self, model: Any):
         self.model = model
         self.holders = 0
+        self._restore_tf32: Callable[[], None] | None = None
 
     def acquire(self, device: str) -> Any:
+        import torch
+
         self.model.to(device).eval()
+        if self.holders == 0 and device == "cuda":
+            self._restore_tf32 = exact_fp32(torch)
         self.holders += 1
         return self.model
 
     def release(self, device: str) -> None:
         self.holders -= 1
-        if self.holders == 0 and device != self.HOST:
-            self.model.to(self.HOST)
+        if self.holders == 0:
+            if self._restore_tf32 is not None:
+                self._restore_tf32, restore = None, self._restore_tf32
+                restore()
+            if device != self.HOST:
+                self.model.to(self.HOST)
 
 
 class TorchRunner(Runner):

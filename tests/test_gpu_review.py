@@ -449,3 +449,34 @@ def test_a_batch_below_the_models_smallest_is_skipped_not_the_cell(make_onnx, tm
     assert by_batch[1].mean_ms is None
     for b in (4, 8):
         assert by_batch[b].status == "ok" and by_batch[b].mean_ms and by_batch[b].throughput, by_batch[b]
+
+
+def test_torch_rows_compute_fp32_without_tf32_on_cuda():
+    """The eager FP32 row is every row's reference: on CUDA, TF32 is off while the shared model is held
+    (convolutions run TF32 by default on Ampere and newer), and the earlier settings come back after."""
+    import torch
+
+    from tl.benchmarks.runners import SharedModel, exact_fp32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    restore = exact_fp32(torch)
+    assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    restore()
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+    class Placed(torch.nn.Linear):  # where the model was sent; a CPU box cannot place it on CUDA
+        def to(self, device):
+            self.placed = device
+            return self
+
+    shared = SharedModel(Placed(2, 2))
+    shared.acquire("cuda")
+    shared.acquire("cuda")
+    shared.release("cuda")
+    assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")  # one row still holds it
+    shared.release("cuda")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before and shared.model.placed == "cpu"
+    shared.acquire("cpu")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before  # CPU rows leave CUDA's settings alone
+    shared.release("cpu")

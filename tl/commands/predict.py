@@ -56,7 +56,7 @@ def _opt(name: str, *decls: str, **kwargs):
               help="Write the results here instead of stdout (- is stdout; a FIFO or device is written as a stream).")
 @_opt("backend", type=click.Choice(BACKEND_CHOICES),
       help="auto picks by file suffix: .onnx -> ONNX Runtime, .plan/.engine -> TensorRT; openvino runs .onnx on OpenVINO.")
-@_opt("providers", help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: best available).")
+@_opt("providers", help="ONNX Runtime providers in order, e.g. cpu or trt,cuda,cpu (default: cuda,cpu where CUDA is there, else cpu; the TensorRT provider only when named).")
 @_opt("spec", type=PathParam(path_type=Path), help="spec.json for a model that carries none.")
 @_opt("device", type=int, help="GPU index.")
 @_opt("threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
