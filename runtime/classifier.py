@@ -191,6 +191,23 @@ class Classifier:
             preds += self.postprocess(logits, top_k=top_k, sources=[_source_name(x) for x in chunk])
         return preds
 
+    def stream(self, source, *, every: int = 1, max_frames: int | None = None, max_seconds: float | None = None,
+               batch_size: int | None = None, live: bool | None = None, top_k: int = 5, keep_images: bool = False,
+               timeout: float | None = None, fps: float | None = None):
+        """Classify a video file, URL, camera (``/dev/video0`` or ``0``), image glob or folder, GStreamer
+        pipeline or an iterable of images, frame by frame: a ``tl.runtime.stream.FrameStream`` of
+        FrameResults (frame index, time, label, score, top-k), decoding, preprocessing and inference
+        overlapped. Files are batched; live sources (cameras, rtsp) drop stale frames instead of falling
+        behind (``live`` overrides which is which). Use it in a ``with`` block or call ``close()``.
+        ``timeout``: seconds a network source may take to answer; ``fps``: the clock of an image sequence.
+        """
+        from tl.runtime.stream import FrameStream, StreamOptions
+        from tl.runtime.video import OPEN_TIMEOUT, open_source
+
+        options = StreamOptions(every=every, max_frames=max_frames, max_seconds=max_seconds, batch_size=batch_size,
+                                live=live, top_k=top_k, keep_images=keep_images)
+        return FrameStream(self, open_source(source, live=live, timeout=timeout or OPEN_TIMEOUT, fps=fps), options)
+
     def device_compute_ms(self, batch: np.ndarray, iters: int = 50) -> list[float] | None:
         """Device time per call, back to back, input on the GPU; None where the backend cannot tell."""
         with self._lock:
