@@ -6,6 +6,7 @@ Torch-free and onnx-free, so `tl export --help` stays light.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ REDUCE_RANGE = ("auto", "on", "off")  # 7-bit INT8 weights; auto: where ORT's IN
 # through the dynamo exporter, which cannot write anything older.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 23, 20
 TORCHSCRIPT_OPSETS = (17,)
+TRITON_RELEASE = re.compile(r"\d{2}\.(0[1-9]|1[0-2])")  # YY.MM, a Triton container's tag (tl.export.triton_releases)
 IMAGE_COUNT = 256  # images INT8 calibration and the parity check each sample by default
 
 
@@ -53,6 +55,7 @@ class ExportOptions:
     device: int = 0
     triton: str | Path | None = None  # also write a Triton model repository there (tl.export.triton)
     triton_name: str | None = None  # its model name; default: the export folder's name
+    triton_release: str | None = None  # YY.MM: refuse ONNX files that release's ONNX Runtime cannot load
 
     def __post_init__(self) -> None:
         checks = (
@@ -77,6 +80,10 @@ class ExportOptions:
             (self.calib_dir is None or Path(self.calib_dir).is_dir(), f"--calib-dir: folder not found: {self.calib_dir}"),
             (self.val_dir is None or Path(self.val_dir).is_dir(), f"--val-dir: folder not found: {self.val_dir}"),
             (self.triton_name is None or self.triton is not None, "--triton-name needs --triton REPO"),
+            (self.triton_release is None or self.triton is not None, "--triton-release needs --triton REPO"),
+            (self.triton_release is None or TRITON_RELEASE.fullmatch(self.triton_release) is not None,
+             f"--triton-release {self.triton_release!r}: give a Triton release as YY.MM, e.g. 24.05 "
+             "(the tag of nvcr.io/nvidia/tritonserver:YY.MM-py3)"),
         )
         require(*checks)
         if self.trt and self.max_batch is not None:  # an ONNX source's bound is checked once it is read

@@ -228,7 +228,8 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
             ctx.reports = [r for r in ctx.reports if (ctx.staging / r.file).is_file()]
             path = _commit(ctx)
             models = [] if triton_base is None else triton.write_export(
-                options.triton, triton_base, out, [r.file for r in ctx.reports], reporter=reporter)
+                options.triton, triton_base, out, [r.file for r in ctx.reports], release=options.triton_release,
+                reporter=reporter)
         finally:
             _remove(out / STAGING)
     warnings = [f"{r.file}: {r.note}" for r in ctx.reports if r.status == "warning"]
@@ -239,12 +240,15 @@ def export(options: ExportOptions, *, reporter: Reporter = SILENT) -> ExportResu
 
 
 def _check_triton_target(o: ExportOptions, source: Source) -> str | None:
-    """With --triton: its REPO, model names, labels and the engines' batch profile checked now; the base model name."""
+    """With --triton: its REPO, model names, labels, the engines' batch profile and the ONNX files against
+    --triton-release checked now; the base model name."""
     if o.triton is None:
         return None
     inputs = [o.checkpoint] + [p for p in (o.calib_dir, o.val_dir) if p is not None]
     return triton.check_target(o.triton, o.triton_name, out=o.output_dir(), inputs=inputs, files=kept_files(o),
-                               spec=source.spec, engine_min_batch=o.min_batch if o.trt else None)
+                               spec=source.spec, engine_min_batch=o.min_batch if o.trt else None,
+                               release=o.triton_release, onnx_source=source.path if source.is_onnx else None,
+                               opset=o.opset or DEFAULT_OPSET)
 
 
 def _failed(ctx: ExportContext, report: ArtifactReport) -> TLError:

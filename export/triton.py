@@ -24,6 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tl.export import triton_releases
 from tl.runtime.artifact import ARTIFACTS, MAX_BATCH_KEY, SPEC_KEY, ArtifactKind, artifact_kind, onnx_metadata, read_spec
 from tl.runtime.errors import TLError
 from tl.runtime.files import atomic_write_text, ensure_output_dir, os_error_message, output_lock, signals_deferred
@@ -263,12 +264,16 @@ def _move_in(repo: Path, staging: Path, names: list[str]) -> None:
                 raise
 
 
-def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, reporter: Reporter = SILENT) -> list[Path]:
-    """Add ``artifacts`` to the Triton repository ``repo`` as models ``base[_suffix]``; returns their folders."""
+def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, release: str | None = None,
+                     reporter: Reporter = SILENT) -> list[Path]:
+    """Add ``artifacts`` to the Triton repository ``repo`` as models ``base[_suffix]``; returns their folders.
+    With ``release`` (YY.MM), each ONNX file's own opset and IR version must be what that Triton loads."""
     repo = Path(repo)
     models = [describe(a, model_name(base, a)) for a in artifacts]
     for m in models:
         check_labels(m.spec)
+        if release is not None and m.artifact.format == "onnx":
+            triton_releases.check_file(triton_releases.release(release), m.source)
     with output_lock(repo, "tl export --triton", reporter=reporter):
         check_models(repo, [m.name for m in models])
         staging = repo / STAGING
@@ -291,12 +296,16 @@ def write_repository(repo: str | Path, artifacts: list[Path], base: str, *, repo
 
 
 def check_target(repo: str | Path, name: str | None, *, out: Path, inputs: list[str | Path], files: list[str],
-                 spec: ModelSpec, engine_min_batch: int | None) -> str:
+                 spec: ModelSpec, engine_min_batch: int | None, release: str | None = None,
+                 onnx_source: Path | None = None, opset: int | None = None) -> str:
     """``tl export --triton``: the engines' batch profile (``engine_min_batch``, where the export builds engines),
-    the model names of ``files`` (the artifacts the export keeps), the labels and REPO, checked before minutes of
-    export work and before anything is written; returns the base model name."""
+    the ONNX files against ``release`` (:func:`check_release`), the model names of ``files`` (the artifacts the
+    export keeps), the labels and REPO, checked before minutes of export work and before anything is written;
+    returns the base model name."""
     if engine_min_batch is not None:
         _check_min_batch(engine_min_batch, f"--triton with --min-batch {engine_min_batch}")
+    if release is not None:
+        check_release(release, files, onnx_source=onnx_source, opset=opset)
     base = base_name(name, out)
     check_model_names(base, files)
     check_labels(spec)
@@ -305,9 +314,25 @@ def check_target(repo: str | Path, name: str | None, *, out: Path, inputs: list[
     return base
 
 
-def write_export(repo: str | Path, base: str, out: Path, files: list[str], *, reporter: Reporter = SILENT) -> list[Path]:
+def check_release(release: str, files: list[str], *, onnx_source: Path | None, opset: int | None) -> None:
+    """``--triton-release``: the ONNX files among ``files`` are what that Triton's ONNX Runtime loads. Each derives
+    from model.onnx: an ONNX source's own opset and IR version, else those the checkpoint export writes at ``opset``.
+    (The files themselves are checked again when the repository is written.)"""
+    onnx_files = [f for f in files if _artifact_kind(f).format == "onnx"]
+    if not onnx_files:
+        return
+    r = triton_releases.release(release)
+    if onnx_source is not None:
+        triton_releases.check_file(r, onnx_source)
+    elif opset is not None:
+        triton_releases.check(r, f"the export ({', '.join(onnx_files)})", opset=opset,
+                              ir=triton_releases.expected_ir(opset))
+
+
+def write_export(repo: str | Path, base: str, out: Path, files: list[str], *, release: str | None = None,
+                 reporter: Reporter = SILENT) -> list[Path]:
     """After the export is committed (its lock still held): its artifacts into REPO as models ``base[_suffix]``."""
     try:
-        return write_repository(repo, [out / f for f in files], base, reporter=reporter)
+        return write_repository(repo, [out / f for f in files], base, release=release, reporter=reporter)
     except TLError as e:
         raise TLError(f"{e} (the export in {out} is complete; run tl export again to write the repository)") from e

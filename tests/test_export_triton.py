@@ -222,3 +222,104 @@ def test_the_repository_loads_in_tl_serve(exported, tmp_path):
                 np.testing.assert_allclose(got, clf.predict_logits(x), rtol=0, atol=1e-5)
     finally:
         assert server.stop() == 0
+
+
+# -- --triton-release: what a chosen Triton's ONNX Runtime loads ---------------------------------
+
+
+def test_release_table_is_consistent_and_is_the_readmes():
+    """Releases in order, each ONNX Runtime no older than the one before and loading no less; the README's rows
+    say what the table says."""
+    import re
+
+    from conftest import REPO
+    from tl.export.options import DEFAULT_OPSET, MIN_OPSET
+    from tl.export.triton_releases import ORT_LIMITS, first_release, releases
+
+    rows = releases()
+    assert [r.name for r in rows] == sorted(r.name for r in rows)
+    version = lambda v: tuple(map(int, v.split(".")))  # noqa: E731
+    for a, b in zip(rows, rows[1:]):
+        assert version(a.ort) <= version(b.ort) and (a.max_opset, a.max_ir) <= (b.max_opset, b.max_ir)
+    assert all(r.at_least == (".".join(r.ort.split(".")[:2]) not in ORT_LIMITS) for r in rows)
+    readme = (REPO / "README.md").read_text()
+    table = {m[0]: m[1:] for m in re.findall(r"^\| (\d\d\.\d\d)-(\d\d\.\d\d) \| [^|]+ \| (?:at least )?(\d+) / (\d+) \| "
+                                             r"(yes|no) \| (yes|no) \|$", readme, re.M)}
+    assert table, "the README's Triton release table"
+    for first, (last, opset, ir, default_ok, opset17_ok) in table.items():
+        span = [r for r in rows if first <= r.name <= last]
+        assert span and {(r.max_opset, r.max_ir) for r in span} == {(int(opset), int(ir))}, first
+        assert default_ok == ("yes" if first >= first_release(DEFAULT_OPSET) else "no")
+        assert opset17_ok == ("yes" if first >= first_release(MIN_OPSET) else "no")
+    covered = {r.name for r in rows for f, (last, *_) in table.items() if f <= r.name <= last}
+    assert covered == {r.name for r in rows}
+
+
+def test_bad_or_unknown_release_is_refused_before_anything_is_written(tl_cli, make_checkpoint, tmp_path):
+    out, repo = tmp_path / "exp", tmp_path / "repo"
+    ckpt = make_checkpoint(image_size=48)
+    cases = [
+        (["--triton", repo, "--triton-release", "24.5"], "--triton-release '24.5'", "YY.MM"),
+        (["--triton", repo, "--triton-release", "24.13"], "YY.MM"),
+        (["--triton-release", "24.05"], "--triton-release needs --triton REPO"),
+        (["--triton", repo, "--triton-release", "22.12"], "tl knows Triton 23.01 through"),
+        # the default export (opset 20, IR 10) on a Triton whose ONNX Runtime 1.17 reads IR 9 at most
+        (["--triton", repo, "--triton-release", "24.03"], "opset 20, IR version 10", "ONNX Runtime 1.17.2",
+         "--opset 17", "Triton 24.05 or later"),
+        (["--triton", repo, "--triton-release", "24.05", "--opset", "22"], "loads opset 21", "--opset 21"),
+    ]
+    for extra, *fragments in cases:
+        assert_user_error(tl_cli("export", ckpt, "--out", out, *extra), *fragments)
+        assert not out.exists() and not repo.exists()
+
+
+def test_opset_17_export_for_an_older_release(tl_cli, make_checkpoint, tmp_path):
+    """--opset 17 is what Triton 23.01 loads: the export and the repository are written, each file IR 8."""
+    from tl.export.triton_releases import TORCHSCRIPT_IR, release
+    from tl.runtime.onnxmeta import read_onnx_meta
+
+    out, repo = tmp_path / "exp", tmp_path / "repo"
+    r = tl_cli("export", make_checkpoint(image_size=48), "--out", out, "--fp16", "--onnx", "--triton", repo,
+               "--triton-release", "23.01", *EXPORT)
+    assert r.code == 0, r.err
+    for model in ("exp", "exp_fp16"):
+        meta = read_onnx_meta(repo / model / "1" / "model.onnx", graph=False)
+        assert (meta.opset, meta.ir_version) == (17, TORCHSCRIPT_IR)  # what expected_ir(17) promised
+        assert meta.opset <= release("23.01").max_opset and meta.ir_version <= release("23.01").max_ir
+
+
+def test_onnx_source_is_checked_by_its_own_metadata(tl_cli, exported, tmp_path):
+    """An export from model.onnx: the file's own IR version decides, read before any work."""
+    import onnx
+
+    source = tmp_path / "src" / "model.onnx"
+    source.parent.mkdir()
+    proto = onnx.load(str(exported[0] / "model.onnx"))
+    proto.ir_version = 10  # as the dynamo exporter writes: more than ONNX Runtime 1.17 (Triton 24.03) reads
+    onnx.save(proto, str(source))
+    out, repo = tmp_path / "exp", tmp_path / "repo"
+    r = tl_cli("export", source, "--out", out, "--triton", repo, "--triton-release", "24.03", "--parity-count", "4")
+    assert_user_error(r, "model.onnx is ONNX opset 17, IR version 10", "IR version 9", "Triton 24.05 or later")
+    assert not out.exists() and not repo.exists()
+    r = tl_cli("export", exported[0] / "model.onnx", "--out", out, "--triton", repo, "--triton-release", "23.01",
+               "--parity-count", "4")
+    assert r.code == 0, r.err
+    assert (repo / "exp" / "1" / "model.onnx").is_file()
+
+
+def test_repository_write_checks_each_file(exported, tmp_path):
+    """write_repository reads each ONNX file's own opset and IR version against the release, before writing."""
+    from tl.export.triton import write_repository
+    from tl.runtime.errors import TLError
+
+    import onnx
+
+    (folder,) = write_repository(tmp_path / "ok", [exported[0] / "model.onnx"], "m", release="23.01")
+    assert folder.is_dir()
+    with pytest.raises(TLError, match="is ONNX opset 17, IR version 10"):
+        proto = onnx.load(str(exported[0] / "model.onnx"))
+        proto.ir_version = 10
+        (tmp_path / "ir10").mkdir()
+        onnx.save(proto, str(tmp_path / "ir10" / "model.onnx"))
+        write_repository(tmp_path / "repo", [tmp_path / "ir10" / "model.onnx"], "m", release="24.03")
+    assert not (tmp_path / "repo").exists()

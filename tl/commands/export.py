@@ -10,6 +10,7 @@ import click
 
 from tl.cli import PathParam, field_option
 from tl.export.options import CALIB_METHODS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, REDUCE_RANGE, ExportOptions
+from tl.export.triton_releases import first_release
 from tl.runtime.metadata import DEFAULT_MAX_BATCH
 
 
@@ -45,9 +46,14 @@ def _opt(name: str, *decls: str, **kwargs):
 @_opt("opt_level", type=int, help="TensorRT builder optimization level 0-5 (default: TensorRT's).")
 @_opt("device", type=int, help="CUDA device for TensorRT.")
 @_opt("triton", type=PathParam(file_okay=False, path_type=str), metavar="REPO",
-      help="Also add the artifacts to this Triton model repository (REPO/<name>/config.pbtxt, labels.txt, 1/).")
+      help="Also add the artifacts to this Triton model repository (REPO/<name>/config.pbtxt, labels.txt, 1/). "
+           f"The default export (opset {DEFAULT_OPSET}) needs Triton {first_release(DEFAULT_OPSET)} or later; "
+           f"--opset {MIN_OPSET} loads on {first_release(MIN_OPSET)} and later (see --triton-release).")
 @_opt("triton_name", help="Triton model name of model.onnx; the others add _fp16, _int8, _fp16_trt, _int8_trt "
       "[default: the export folder's name].")
+@_opt("triton_release", metavar="YY.MM",
+      help="The Triton release that will serve REPO: refuse ONNX files its ONNX Runtime cannot load (opset, IR "
+           "version), before any work. TensorRT plans load only on the TensorRT version that built them.")
 def export(checkpoint, **kwargs):
     """Export CHECKPOINT (best.pt or a run folder) to ONNX / TensorRT and check each artifact against PyTorch.
 
