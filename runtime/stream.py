@@ -22,13 +22,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
-import numpy as np
-
 from tl.runtime.errors import TLError, require
-from tl.runtime.video import Frame, FrameSource
 
-if TYPE_CHECKING:
-    from tl.runtime.classifier import Classifier
+if TYPE_CHECKING:  # numpy and the decoders load with the stream, not with its options (`tl --help`)
+    import numpy as np
+
+    from tl.runtime.video import Frame, FrameSource
 
 QUEUE_BATCHES = 2  # file mode: batches of frames each queue holds ahead of the next stage
 LIVE_QUEUE = 1  # live mode: frames a queue holds; a newer one replaces it
@@ -140,7 +139,8 @@ class FrameStream:
     """Iterate for FrameResults; ``stats`` says what happened. A source error (a truncated file, a
     stream that stopped) is raised as a TLError after the results of the frames before it."""
 
-    def __init__(self, clf: "Classifier", source: FrameSource, options: StreamOptions = StreamOptions()):
+    def __init__(self, clf, source: "FrameSource", options: StreamOptions = StreamOptions()):
+        """``clf``: a tl.runtime.Classifier (its spec, predict_logits and postprocess)."""
         from tl.runtime.backends.registry import DEFAULT_BATCH_SIZE
 
         self.clf, self.source, self.options = clf, source, options
@@ -234,6 +234,8 @@ class FrameStream:
         return batch, None
 
     def _classify(self, batch: list[_Item]) -> None:
+        import numpy as np
+
         logits = self.clf.predict_logits(np.stack([i.array for i in batch]))
         preds = self.clf.postprocess(logits, top_k=self.options.top_k)
         done = time.perf_counter()
@@ -307,6 +309,8 @@ def segments(results: list[FrameResult]) -> list[dict]:
 
 def summary(results: list[FrameResult], stats: StreamStats) -> dict:
     """What a stream gave: counts, labels and their timeline, latency, why it stopped."""
+    import numpy as np
+
     counts = collections.Counter(r.label for r in results)
     latency = np.array([r.latency_ms for r in results]) if results else np.zeros(0)
     return {**stats.to_dict(), "labels": dict(counts.most_common()), "segments": segments(results),

@@ -21,6 +21,8 @@ from tl.runtime.backends.registry import BACKEND_CHOICES, OPENVINO_PRECISIONS
 from tl.runtime.errors import TLError
 from tl.runtime.predict import PredictOptions
 
+from tl.commands.predict_stream import predict_command, stream_click_options, take_stream_args
+
 FORMATS = ("table", "json", "csv")
 STDOUT = "-"  # -o -: the results on stdout, as without -o
 
@@ -47,7 +49,7 @@ def _opt(name: str, *decls: str, **kwargs):
 
 @click.command()
 @click.argument("model", type=PathParam(path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=PathParam(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=PathParam())  # str: a URL's // must survive
 @_opt("top_k", type=click.IntRange(min=1), help="Classes listed per image.")
 @_opt("batch_size", type=click.IntRange(min=1), help="Images per inference call.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
@@ -64,6 +66,7 @@ def _opt(name: str, *decls: str, **kwargs):
       help="OpenVINO only: what an FP32 model computes in [default: f32; default = OpenVINO's choice, bf16 on AMX CPUs].")
 @click.option("--precision", "old_precision", hidden=True, type=click.Choice(OPENVINO_PRECISIONS),
               help="The older spelling of --inference-precision.")
+@stream_click_options
 @_one_line_errors
 def predict(model, paths, fmt, output, old_precision, **kwargs):
     """Classify images (files or folders, walked recursively) with an exported model.
@@ -71,16 +74,21 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
     \b
       tl predict exports/x/model.int8.onnx photos/
       tl predict model.fp16.plan a.jpg b.png --format json
+      tl predict model.onnx clip.mp4 --save-video out.mp4 -o frames.jsonl --format json
+      tl predict model.onnx /dev/video0 --max-frames 300     (also rtsp://..., 'frames/*.png')
     """
     from tl.console import RichReporter, printable, stderr_console
     from tl.runtime.predict import classify_inputs, collect_inputs, load_classifier
 
     if kwargs["inference_precision"] is None:
         kwargs["inference_precision"] = old_precision
+    stream_args = take_stream_args(kwargs)
     options = PredictOptions(model=model, paths=paths, **kwargs)
-    found = collect_inputs(paths)
     if output is not None and str(output) == STDOUT:
         output = None
+    if predict_command(paths, options, fmt, output, stream_args, check_output=check_output):
+        return
+    found = collect_inputs(paths)
     if output is not None:
         check_output(output, model=model, spec=options.spec, paths=paths, found=found)
     reporter = RichReporter()  # entered once the model loads: an error before is one line, no progress display
