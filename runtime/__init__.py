@@ -5,10 +5,13 @@ from tl.runtime.lazy import lazy_exports
 from tl.runtime.errors import TLError
 from tl.runtime.spec import ModelSpec
 
-__all__ = ["TLError", "ModelSpec", "Classifier", "Prediction", "PredictOptions", "predict_files"]
+__all__ = ["TLError", "ModelSpec", "Classifier", "Prediction", "PredictOptions", "predict_files",
+           "FrameResult", "FrameStream", "StreamOptions", "open_source"]
 
 # Lazy: importing tl.runtime must not import numpy, onnxruntime or tensorrt.
 _HOMES = {"Classifier": "tl.runtime.classifier", "Prediction": "tl.runtime.classifier",
-          "PredictOptions": "tl.runtime.predict", "predict_files": "tl.runtime.predict"}
+          "PredictOptions": "tl.runtime.predict", "predict_files": "tl.runtime.predict",
+          "FrameResult": "tl.runtime.stream", "FrameStream": "tl.runtime.stream", "StreamOptions": "tl.runtime.stream",
+          "open_source": "tl.runtime.video"}
 
 __getattr__ = lazy_exports(__name__, _HOMES)
