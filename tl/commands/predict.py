@@ -21,6 +21,7 @@ from tl.runtime.backends.registry import BACKEND_CHOICES, OPENVINO_PRECISIONS
 from tl.runtime.errors import TLError
 from tl.runtime.predict import PredictOptions
 
+from tl.commands.predict_ray import predict_ray, ray_click_options, take_ray_args
 from tl.commands.predict_stream import predict_command, stream_click_options, take_stream_args
 
 FORMATS = ("table", "json", "csv")
@@ -67,6 +68,7 @@ def _opt(name: str, *decls: str, **kwargs):
 @click.option("--precision", "old_precision", hidden=True, type=click.Choice(OPENVINO_PRECISIONS),
               help="The older spelling of --inference-precision.")
 @stream_click_options
+@ray_click_options
 @_one_line_errors
 def predict(model, paths, fmt, output, old_precision, **kwargs):
     """Classify images (files or folders, walked recursively) with an exported model.
@@ -76,6 +78,7 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
       tl predict model.fp16.plan a.jpg b.png --format json
       tl predict model.onnx clip.mp4 --save-video out.mp4 -o frames.jsonl --format json
       tl predict model.onnx /dev/video0 --max-frames 300     (also rtsp://..., 'frames/*.png')
+      tl predict model.onnx photos/ --ray -o results.parquet    (Ray Data: local, or --ray auto on a cluster)
     """
     from tl.console import RichReporter, printable, stderr_console
     from tl.runtime.predict import classify_inputs, collect_inputs, load_classifier
@@ -83,9 +86,12 @@ def predict(model, paths, fmt, output, old_precision, **kwargs):
     if kwargs["inference_precision"] is None:
         kwargs["inference_precision"] = old_precision
     stream_args = take_stream_args(kwargs)
+    ray_args = take_ray_args(kwargs)
     options = PredictOptions(model=model, paths=paths, **kwargs)
     if output is not None and str(output) == STDOUT:
         output = None
+    if predict_ray(paths, options, fmt, output, ray_args, stream_args, check_output=check_output):
+        return
     if predict_command(paths, options, fmt, output, stream_args, check_output=check_output):
         return
     found = collect_inputs(paths)
