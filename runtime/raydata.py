@@ -92,7 +92,8 @@ def import_ray():
 
 @contextlib.contextmanager
 def connected(options: RayOptions = RayOptions()) -> Iterator[None]:
-    """Ray started (local) or joined (a cluster) for the block; shut down or left after it.
+    """Ray started (local) or joined (a cluster) for the block; shut down or left after it. A Ray
+    this process has initialised already (a notebook's, a test's) is used as it is, whatever the options.
 
     An address that takes no connection within ``connect_timeout`` is one error line, not minutes of retries.
     """
@@ -287,13 +288,14 @@ def classify(options: PredictOptions, ray_options: RayOptions = RayOptions(), *,
         spec = clf.spec
     shown, opened = sources if sources is not None else list_sources(options.paths)
     table = pa.table({"path": pa.array(shown, pa.string()), "file": pa.array(opened, pa.binary())})
-    ds = ray.data.from_arrow(_blocks(table, options.batch_size))
+    blocks = _blocks(table, options.batch_size)
+    ds = ray.data.from_arrow(blocks)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:  # the CPUs decode in tasks of their own and feed the GPU actors
         ds = ds.map_batches(decode_batch, fn_args=(spec,), batch_size=None, batch_format="pyarrow", num_cpus=1)
     return ds.map_batches(Infer, fn_constructor_args=(options, ray_options.threads, gpus > 0),
                           batch_size=options.batch_size, batch_format="pyarrow",
-                          **_actor_resources(ray, ray_options, gpus))
+                          **_actor_resources(ray, ray_options, gpus, blocks=len(blocks)))
 
 
 def _replace(options: PredictOptions, **changes) -> PredictOptions:
@@ -308,18 +310,19 @@ def _blocks(table: "pyarrow.Table", batch_size: int) -> list["pyarrow.Table"]:
     return [table.slice(start, rows) for start in range(0, table.num_rows, rows)]
 
 
-def _actor_resources(ray, options: RayOptions, gpus: int) -> dict:
+def _actor_resources(ray, options: RayOptions, gpus: int, *, blocks: int) -> dict:
     """One actor per GPU (``num_gpus=1``), or on CPUs one per ``threads`` CPUs, each decoding its own batches.
 
     A CPU actor that decodes keeps every core busy with no preprocessed images through the object
     store, and no CPU is held by actors while decode tasks wait for one. Ray Data restarts a dead
     actor and retries the batch it held (max_restarts and max_task_retries are unlimited for actor
-    pools): that keeps every input once in the output.
+    pools): that keeps every input once in the output. No more actors start than there are blocks.
     """
     if gpus:
-        return {"compute": ray.data.ActorPoolStrategy(size=options.actors or gpus), "num_gpus": 1}
+        size = options.actors or min(gpus, blocks)
+        return {"compute": ray.data.ActorPoolStrategy(size=size), "num_gpus": 1}
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    size = options.actors or max(1, cpus // options.threads)
+    size = options.actors or max(1, min(cpus // options.threads, blocks))
     return {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": options.threads}
 
 
