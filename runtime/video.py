@@ -18,11 +18,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tl.runtime.errors import TLError, escaped
+
+if TYPE_CHECKING:  # numpy loads with the frames, not with the constants (`tl --help`)
+    import numpy as np
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".m2ts", ".flv",
                   ".wmv", ".3gp", ".ogv", ".mjpeg", ".h264", ".h265", ".hevc")
@@ -267,6 +268,8 @@ class ImageSequence(FrameSource):
                           "(quoted, so the shell leaves it to tl) or a folder of images")
 
     def frames(self) -> Iterator[Frame]:
+        import numpy as np
+
         from tl.runtime.images import load_image
 
         for i, f in enumerate(self.files):
@@ -287,6 +290,8 @@ class ArraySource(FrameSource):
         self._frames, self.fps, self.live = frames, fps, live
 
     def frames(self) -> Iterator[Frame]:
+        import numpy as np
+
         from tl.runtime.images import load_image
 
         for i, x in enumerate(self._frames):
@@ -295,6 +300,8 @@ class ArraySource(FrameSource):
 
 
 def _is_rgb(x) -> bool:
+    import numpy as np
+
     return isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3
 
 
@@ -317,6 +324,8 @@ class GStreamerSource(FrameSource):
         self.fps = self.capture.get(self.cv2.CAP_PROP_FPS) or None
 
     def frames(self) -> Iterator[Frame]:
+        import numpy as np
+
         count = 0
         while True:
             ok, bgr = self.capture.read()
