@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -45,15 +45,32 @@ class _Bench:
     reference: np.ndarray | None  # eager FP32 top-1 on ``images``
     reporter: Reporter
     debug: bool = False
+    reference_runner: Any = None  # whose top-1 the others are compared with (see _reference_runner)
 
 
 # -- setup ------------------------------------------------------------------------------------
 
 
-def bench_device(device: str) -> str:
-    """--device as the bench rows name it ("cpu" | "cuda"); auto picks cuda where torch sees a GPU."""
-    import torch
+def _torch():
+    """torch, or None on a runtime-only install (an edge box): the artifacts are benched without it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
+
+def bench_device(device: str) -> str:
+    """--device as the bench rows name it ("cpu" | "cuda"); auto picks cuda where torch (without torch:
+    cuda-python or nvidia-smi) sees a GPU."""
+    torch = _torch()
+    if torch is None:
+        from tl.runtime.gpu import find_gpu
+
+        found = find_gpu(0) is not None
+        if device == "cuda" and not found:
+            raise TLError("--device cuda: no CUDA GPU found here (cuda-python, nvidia-smi); use --device cpu (or auto)")
+        return ("cuda" if found else "cpu") if device == "auto" else device
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -61,9 +78,13 @@ def bench_device(device: str) -> str:
     return device
 
 
-def _reference_model(targets: Targets):
-    """(model, spec, ckpt, path): the checkpoint TARGET, else the one an export.json names, else specs only."""
+def _reference_model(targets: Targets, reporter: Reporter):
+    """(model, spec, ckpt, path): the checkpoint TARGET, else the one an export.json names, else specs only.
+    Without torch, a checkpoint named only by export.json is passed over (a checkpoint TARGET needs torch)."""
     path = targets.checkpoint or targets.export_checkpoint
+    if path is not None and targets.checkpoint is None and _torch() is None:
+        reporter.info(f"torch is not installed: no PyTorch rows; {path.name} named by export.json is not loaded")
+        path = None
     if path is None:
         return None, spec_of_targets(targets), None, None
     from tl.train.checkpoint import load_model
@@ -134,11 +155,10 @@ def _no_engine_reason() -> str:
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
-    if not n:
+    torch = _torch() if n else None
+    if torch is None:
         yield
         return
-    import torch
-
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -270,7 +290,7 @@ def _agreement(bench: _Bench, runner, rows: list[BenchRow]) -> None:
         for r in ok:
             r.error = f"agreement check failed: {short_error(e)}"
         return
-    if runner.backend == "eager" and runner.precision == "fp32":
+    if runner is bench.reference_runner:
         bench.reference = top1
     for r in ok:
         r.agreement = float((top1 == bench.reference).mean()) if bench.reference is not None else None
@@ -298,9 +318,21 @@ def _free_cuda(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _speedups(rows: list[BenchRow]) -> None:
-    base = {r.batch: r.throughput for r in rows
-            if r.backend == "eager" and r.precision == "fp32" and r.status == "ok" and r.throughput}
+def _reference_runner(runners: list, model) -> tuple[Any, str]:
+    """(runner, its name): eager FP32 where there is a model; without one (no checkpoint, or no torch on an
+    edge box) the first FP32 ONNX file on ONNX Runtime, which export checked against eager FP32 at 1e-3."""
+    if model is not None:
+        return next((r for r in runners if r.backend == "eager" and r.precision == "fp32"), None), "eager fp32"
+    onnx = next((r for r in runners if isinstance(r, ClassifierRunner) and r.backend == "ort" and r.precision == "fp32"),
+                None)
+    return onnx, (f"ort fp32 ({onnx.artifact})" if onnx is not None else "eager fp32")
+
+
+def _speedups(rows: list[BenchRow], reference_rows: list[BenchRow] | None = None) -> None:
+    """Throughput relative to the reference runner's at the same batch (default: the eager FP32 rows)."""
+    if reference_rows is None:
+        reference_rows = [r for r in rows if r.backend == "eager" and r.precision == "fp32"]
+    base = {r.batch: r.throughput for r in reference_rows if r.status == "ok" and r.throughput}
     for r in rows:
         if r.status == "ok" and r.throughput and r.batch in base:
             r.speedup = r.throughput / base[r.batch]
@@ -325,7 +357,7 @@ def _run(options: BenchOptions, reporter: Reporter) -> BenchResult:
     if o.out is not None:  # before minutes of timing
         ensure_output_dir(o.out, option="--out")
     device = bench_device(o.device)
-    model, spec, ckpt, ckpt_path = _reference_model(targets)
+    model, spec, ckpt, ckpt_path = _reference_model(targets, reporter)
     model = SharedModel(model) if model is not None else None  # the torch rows share it (runners.SharedModel)
     lock = output_lock(o.out, "tl bench", reporter=reporter) if o.out is not None else contextlib.nullcontext()
     with lock, _torch_threads(o.threads):
@@ -333,21 +365,23 @@ def _run(options: BenchOptions, reporter: Reporter) -> BenchResult:
         x, labels, source = bench_images(spec, ckpt=ckpt, val_dir=o.val_dir, limit=o.images)
         images = {"source": source, "count": int(len(x)), "labelled": labels is not None}
         env = run_environment(o, device, spec, ckpt_path, targets, images)
+        ref_runner, env["reference"] = _reference_runner(runners, model)
         reference = None
-        if model is not None and not any(r.backend == "eager" for r in runners):
+        if model is not None and ref_runner is None:
             reference = _reference_top1(model, device, x, shape=x.shape[1:])
         bench = _Bench(options=o, device=device, images=x, labels=labels, reference=reference, reporter=reporter,
-                       debug=debug_enabled())
-        rows: list[BenchRow] = []
+                       debug=debug_enabled(), reference_runner=ref_runner)
         with reporter.task("bench", total=len(runners) * len(o.batch_sizes)) as task:
-            for runner, runner_rows in zip(runners, _measure_all(bench, runners, task)):
-                task.update(description=f"{runner.label} agreement")
-                _agreement(bench, runner, runner_rows)  # eager fp32 comes first: the reference
+            measured = _measure_all(bench, runners, task)
+            # The reference's top-1 first: every other runner's agreement is measured against it.
+            for i in sorted(range(len(runners)), key=lambda i: runners[i] is not ref_runner):
+                task.update(description=f"{runners[i].label} agreement")
+                _agreement(bench, runners[i], measured[i])
                 with contextlib.suppress(Exception):
-                    runner.close()
+                    runners[i].close()
                 _free_cuda(device)
-                rows.extend(runner_rows)
-        _speedups(rows)
+        rows = [row for runner_rows in measured for row in runner_rows]
+        _speedups(rows, next((rr for r, rr in zip(runners, measured) if r is ref_runner), []))
         result = BenchResult(rows=rows, environment=env, images=images, min_agreement=o.min_agreement)
         result.recommendations = recommend(rows, min_agreement=o.min_agreement, environment=env)
         if o.out is not None:

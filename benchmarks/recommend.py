@@ -32,13 +32,14 @@ class Recommendation:
     python: str | None = None
     cli: str | None = None
     reason: str | None = None
+    reference: str = "eager fp32"  # what speedup and agreement are measured against
     level_with: tuple[str, ...] = ()  # other qualifying rows within LEVEL of its p50, e.g. "ort int8 870 ms (+0.6%)"
 
     def summary(self, min_agreement: float) -> str:
         if self.backend is None:
             return f"batch {self.batch}: no row meets the {min_agreement:.1%} agreement threshold ({self.reason})"
         what = f"{self.backend} {self.precision}" + (f" ({self.artifact})" if self.artifact else "")
-        speed = f", {self.speedup:.2f}x eager fp32" if self.speedup is not None else ""
+        speed = f", {self.speedup:.2f}x {self.reference}" if self.speedup is not None else ""
         level = f"; level with {', '.join(self.level_with)}" if self.level_with else ""
         return (f"batch {self.batch}: {what}: {self.p50_ms:.3g} ms p50, {self.throughput:.4g} img/s{speed}, "
                 f"agreement {self.agreement:.1%}{level}")
@@ -62,7 +63,7 @@ def recommend(rows: Iterable[Any], *, min_agreement: float, environment: dict | 
         out.append(Recommendation(batch=b, backend=best.backend, precision=best.precision, provider=best.provider,
                                   artifact=best.artifact, p50_ms=best.p50_ms, throughput=best.throughput,
                                   speedup=best.speedup, agreement=best.agreement, python=python, cli=cli,
-                                  level_with=level))
+                                  level_with=level, reference=(environment or {}).get("reference") or "eager fp32"))
     return out
 
 
@@ -71,7 +72,8 @@ def _why_none(timed: list, min_agreement: float) -> str:
         return "no row ran"
     measured = [r for r in timed if r.agreement is not None]
     if not measured:
-        return "no agreement was measured: give the checkpoint (or an export.json that names it) as a TARGET"
+        return ("no agreement was measured: give the checkpoint (or an export.json that names it), or the FP32 "
+                "model.onnx, as a TARGET")
     best = max(measured, key=lambda r: r.agreement)
     return f"the best agreement is {best.agreement:.1%} ({best.backend} {best.precision})"
 

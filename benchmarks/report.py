@@ -75,10 +75,11 @@ def caption(result: BenchResult) -> str:
     t = env.get("timing", {})
     budget = f"{t.get('iters')} iters" if t.get("iters") else f"{t.get('seconds')} s"
     img = env.get("images", {})
+    ref = env.get("reference") or "eager fp32"
     return (f"latency host->host, nearest-rank percentiles; warm-up {t.get('warmup')}, {budget} per cell, every runner "
             f"of a batch size timed in the same interleaved rounds (one call each per round); a cell whose p90/p50 "
             f"exceeds {t.get('disturbed_spread')} is marked disturbed; "
-            f"img/s = batch / p50 latency; speedup = img/s vs eager fp32 at the same batch; agreement = top-1 vs eager fp32 on "
+            f"img/s = batch / p50 latency; speedup = img/s vs {ref} at the same batch; agreement = top-1 vs {ref} on "
             f"{img.get('count')} images ({img.get('source')}); latency includes host<->device copies for every backend "
             f"(TensorRT uses pinned host buffers, torch and ONNX Runtime pageable memory); gpu ms = "
             f"{t.get('compute_ms') or 'device compute'}")
@@ -106,7 +107,7 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def write_md(result: BenchResult, path: Path) -> Path:
+def write_md(result: BenchResult, path: Path, *, plot: bool = True) -> Path:
     env = result.environment
     header, body = table_rows(result.rows)
     lines = [
@@ -125,7 +126,7 @@ def write_md(result: BenchResult, path: Path) -> Path:
     ]
     for cells in body:
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", caption(result) + ".", "", *recommendation_md(result), "![bench](bench.png)", ""]
+    lines += ["", caption(result) + ".", "", *recommendation_md(result), *(["![bench](bench.png)"] if plot else []), ""]
     atomic_write_text(path, "\n".join(lines))
     return path
 
@@ -134,7 +135,8 @@ def recommendation_md(result: BenchResult) -> list[str]:
     """The 'what to ship' section of bench.md: one entry per batch size with the lines that load it."""
     if result.min_agreement is None:
         return []
-    lines = [f"## Recommendation (fastest with top-1 agreement >= {result.min_agreement:.1%} vs eager fp32)", ""]
+    ref = result.environment.get("reference") or "eager fp32"
+    lines = [f"## Recommendation (fastest with top-1 agreement >= {result.min_agreement:.1%} vs {ref})", ""]
     for rec in result.recommendations:
         lines.append(f"- {_md_escape(rec.summary(result.min_agreement))}")
         lines += [f"  - Python: `{rec.python}`"] if rec.python else []
@@ -216,7 +218,7 @@ def write_png(result: BenchResult, path: Path) -> Path:
             # Above the whisker, so the number never sits on the line.
             ax_lat.text(x, max(r.p50_ms, r.p90_ms or 0) * 1.02, f" {r.p50_ms:.1f}" if r.p50_ms < 100 else f" {r.p50_ms:.0f}",
                         ha="center", va="bottom", fontsize=7, rotation=90 if n > 3 else 0)
-    _style_axes(ax_lat, ax_thr, rows, batches)
+    _style_axes(ax_lat, ax_thr, rows, batches, reference=env.get("reference") or "eager fp32")
     hw = env.get("gpu") or f"{env.get('cpu')} ({env.get('cpu_threads')} threads)"
     size = "x".join(map(str, env.get("image_size") or []))
     fig.suptitle(f"{env.get('arch')} {size} on {hw} [{env.get('device')}]", fontsize=11, fontweight="bold")
@@ -225,7 +227,7 @@ def write_png(result: BenchResult, path: Path) -> Path:
     return path
 
 
-def _style_axes(ax_lat, ax_thr, rows: list[BenchRow], batches: list[int]) -> None:
+def _style_axes(ax_lat, ax_thr, rows: list[BenchRow], batches: list[int], *, reference: str = "eager fp32") -> None:
     """Ticks, grid, scales (log latency when the spread is wide), labels and the legend."""
     for ax in (ax_lat, ax_thr):
         ax.set_xticks(list(range(len(batches))), [f"batch {b}" for b in batches])
@@ -242,17 +244,21 @@ def _style_axes(ax_lat, ax_thr, rows: list[BenchRow], batches: list[int]) -> Non
     ax_lat.set_ylabel("latency per batch, ms (p50, whisker to p90) - lower is better")
     ax_thr.set_ylabel("throughput, images/s - higher is better")
     ax_lat.set_title("Latency")
-    ax_thr.set_title("Throughput at p50 (label: img/s, speedup vs eager fp32)")
+    ax_thr.set_title(f"Throughput at p50 (label: img/s, speedup vs {reference})")
     ax_thr.set_ylim(0, max([r.throughput for r in rows if r.status == "ok" and r.throughput] or [1]) * 1.22)
     ax_thr.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
 
 
 def write_all(result: BenchResult, out: Path) -> dict[str, Path]:
+    """bench.json, .csv, .md and .png; no .png where matplotlib is not installed (an edge box's runtime-only
+    install: the numbers are all in the other three)."""
+    import importlib.util
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {
-        "json": write_json(result, out / "bench.json"),
-        "csv": write_csv(result, out / "bench.csv"),
-        "md": write_md(result, out / "bench.md"),
-        "png": write_png(result, out / "bench.png"),
-    }
+    plot = importlib.util.find_spec("matplotlib") is not None
+    files = {"json": write_json(result, out / "bench.json"), "csv": write_csv(result, out / "bench.csv"),
+             "md": write_md(result, out / "bench.md", plot=plot)}
+    if plot:
+        files["png"] = write_png(result, out / "bench.png")
+    return files

@@ -270,3 +270,20 @@ def test_compile_that_cannot_build_fails_its_cells_and_the_matrix_goes_on(bench_
     assert [x["status"] for x in compile_rows] == ["failed", "failed"]
     assert all("compiler" in x["error"].lower() for x in compile_rows)
     assert [x["status"] for x in rows if x["backend"] == "eager"] == ["ok", "ok"]
+
+
+def test_files_without_a_checkpoint_are_compared_with_the_fp32_onnx(bench_model):
+    """No checkpoint (an edge box without torch, or ONNX files alone): agreement and speedup are measured
+    against the FP32 ONNX file on ONNX Runtime, and every report says so."""
+    _, export_dir = bench_model
+    from tl.benchmarks import BenchOptions, run
+
+    res = run(BenchOptions(targets=[export_dir / "model.int8.onnx", export_dir / "model.onnx"], device="cpu",
+                           backends=["ort"], batch_sizes=[1, 2], iters=3, warmup=0, images=8))
+    assert res.environment["reference"] == "ort fp32 (model.onnx)" and res.environment["checkpoint"] is None
+    fp32 = [r for r in res.rows if r.precision == "fp32"]
+    int8 = [r for r in res.rows if r.precision == "int8"]
+    assert all(r.agreement == 1.0 and r.speedup == pytest.approx(1.0) for r in fp32), fp32
+    assert all(r.agreement is not None and r.speedup is not None for r in int8), int8
+    assert int8[0].speedup == pytest.approx(int8[0].throughput / fp32[0].throughput)
+    assert all(rec.backend is not None and rec.reference == "ort fp32 (model.onnx)" for rec in res.recommendations)

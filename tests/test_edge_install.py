@@ -3,8 +3,8 @@
 One virtual environment is made per run with ``pip install '.[cpu,serve,jetson]'`` from this
 checkout (the JetPack 6 set minus NVIDIA's own onnxruntime-gpu and TensorRT, which exist only
 for the Jetson), and everything the Jetson workflow runs there is run through its `tl`: predict,
-info, serve (one request), the torch-free export of model.onnx, and the torch commands, which
-must end in one `error:` line naming the extra. Skipped where Python 3.10 or PyPI is missing.
+info, serve (one request), the torch-free export of model.onnx, bench on what it built, and the
+torch commands, which must end in one `error:` line naming the extra. Skipped where Python 3.10 or PyPI is missing.
 """
 
 from __future__ import annotations
@@ -105,6 +105,16 @@ def test_edge_predict_info_and_torch_free_export(edge, server_onnx, synth_data, 
         rows = [json.loads(line) for line in p.out.splitlines()]
         assert rows and all(row["label"] in ("circle", "square", "triangle", "cross") for row in rows)
 
+    # which to ship on this box: bench without torch compares every file with the FP32 ONNX file
+    b = run_edge(edge, "bench", out, "--batch-sizes", "1,2", "--iters", "3", "--warmup", "0", "--images", "8",
+                 "--out", tmp_path / "bench")
+    assert b.code == 0, b.err
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["environment"]["reference"] == "ort fp32 (model.onnx)" and bench["environment"]["torch"] is None
+    assert {r["precision"] for r in bench["rows"]} >= {"fp32", "fp16", "int8"}
+    assert all(r["agreement"] is not None for r in bench["rows"] if r["status"] == "ok")
+    assert not (tmp_path / "bench" / "bench.png").exists()  # matplotlib is the train extra's
+
 
 def test_edge_serve_answers_one_request(edge, server_onnx):
     args = [str(edge / "tl"), "serve", str(server_onnx), "--port", "0"]
@@ -135,7 +145,9 @@ def test_edge_serve_answers_one_request(edge, server_onnx):
 
 
 def test_edge_torch_commands_name_the_extra(edge, synth_data, tmp_path):
-    for args in (["train", synth_data, "--out", tmp_path / "run"], ["export", tmp_path / "best.pt"],
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"a checkpoint needs torch to be read")
+    for args in (["train", synth_data, "--out", tmp_path / "run"], ["export", best], ["bench", best],
                  ["demo", "--out", tmp_path / "demo"], ["data", "synth", tmp_path / "d", "--classes", "2",
                                                         "--per-class", "2"]):
         r = run_edge(edge, *args)

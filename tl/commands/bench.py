@@ -85,7 +85,8 @@ def bench(targets, out, **fields):
 
 
 def echo_recommendations(result) -> None:
-    click.echo(f"recommended (fastest with top-1 agreement >= {result.min_agreement:.1%} vs eager fp32):")
+    ref = result.environment.get("reference") or "eager fp32"
+    click.echo(f"recommended (fastest with top-1 agreement >= {result.min_agreement:.1%} vs {ref}):")
     for rec in result.recommendations:
         click.echo(f"  {rec.summary(result.min_agreement)}")
         for kind, line in (("Python", rec.python), ("CLI", rec.cli)):
@@ -110,8 +111,9 @@ def bench_table(result):
     title = (f"tl bench · {shown(env.get('arch'))} {'x'.join(map(str, env.get('image_size') or []))} · "
              f"{env.get('gpu') or env.get('cpu')} · {env.get('device')}")
     img = env.get("images", {})
-    caption = (f"p50/p99: latency host->host; img/s = batch / p50; speedup: img/s vs eager fp32 at the same batch; "
-               f"agree: top-1 vs eager fp32 on {img.get('count')} images ({img.get('source')}); "
+    ref = env.get("reference") or "eager fp32"
+    caption = (f"p50/p99: latency host->host; img/s = batch / p50; speedup: img/s vs {ref} at the same batch; "
+               f"agree: top-1 vs {ref} on {img.get('count')} images ({img.get('source')}); "
                "disturbed N: ok, but p90/p50 = N says other load hit the cell; "
                "every column (mean, p90, first call, size, build, gpu ms) is in bench.md/json/csv")
     table = Table(title=title, caption=caption, header_style="bold", width=TABLE_WIDTH, pad_edge=False,
