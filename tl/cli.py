@@ -32,7 +32,7 @@ EXTRAS = {
     "torch": "train", "torchvision": "train", "onnxscript": "train", "matplotlib": "train",
     "onnx": "cpu", "onnxruntime": "cpu",
     "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "grpc": "serve", "tritonclient": "serve",
-    "openvino": "openvino", "tensorrt": "gpu", "cuda": "gpu",
+    "openvino": "openvino", "tensorrt": "gpu", "cuda": "gpu", "av": "video", "ray": "ray",
 }
 WITHOUT_TORCH = "without torch, tl predict, tl info, tl serve and tl export MODEL.onnx work"
 
