@@ -168,7 +168,9 @@ def _init(ray, kwargs: dict, options: RayOptions) -> None:
     except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own, in many shapes
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         hint = ("start one with `ray start --head`, or give no address for a local Ray" if options.address == "auto"
-                else "check the address, and that the cluster runs the same Ray and Python versions as this machine")
+                else "check the address, that the cluster runs the same Ray and Python versions as this machine, "
+                     "and, for a cluster with token authentication, RAY_AUTH_MODE=token and its token here "
+                     "(RAY_AUTH_TOKEN or ~/.ray/auth_token)")
         raise TLError(f"--ray: cannot start or join {where}: {first}; {hint}") from None
 
 
@@ -495,13 +497,42 @@ def write_results(ds: "ray.data.Dataset", output: str | os.PathLike, *, total: i
 def _run(ds: "ray.data.Dataset") -> Iterator["pyarrow.Table"]:
     """The result batches as they finish; a worker that cannot load the model is one error line."""
     try:
-        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+        yield from _relayed(ds) if _through_ray_client() else ds.iter_batches(batch_format="pyarrow", batch_size=None)
     except Exception as e:
         cause = _worker_model_error(e)
         if cause is None:
             raise
         raise TLError(f"{cause} (the file must be readable at the same absolute path on every node: "
                       "a shared file system, or copy it there)") from None
+
+
+def _through_ray_client() -> bool:
+    from ray.util.client import ray as client
+
+    return client.is_connected()
+
+
+def _relayed(ds: "ray.data.Dataset") -> Iterator["pyarrow.Table"]:
+    """The result batches through an actor in the cluster: over the Ray Client (``ray://``) this process
+    is no Ray driver, and Ray Data's streaming executor must run where one is."""
+    import ray
+
+    relay = ray.remote(num_cpus=0)(_Relay).remote(ds)
+    try:
+        while (batch := ray.get(relay.next.remote())) is not None:
+            yield batch
+    finally:
+        ray.kill(relay)
+
+
+class _Relay:
+    """Runs a dataset in the cluster and hands its result batches out one call at a time."""
+
+    def __init__(self, ds: "ray.data.Dataset"):
+        self.batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+
+    def next(self) -> "pyarrow.Table | None":
+        return next(self.batches, None)
 
 
 def _worker_model_error(e: BaseException) -> str | None:
