@@ -290,14 +290,16 @@ def classify(options: PredictOptions, ray_options: RayOptions = RayOptions(), *,
         spec = clf.spec
     shown, opened = sources if sources is not None else list_sources(options.paths)
     table = pa.table({"path": pa.array(shown, pa.string()), "file": pa.array(opened, pa.binary())})
-    blocks = _blocks(table, options.batch_size)
-    ds = ray.data.from_arrow(blocks)
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    pool = _pool_size(ray, ray_options, gpus)
+    blocks = _blocks(table, options.batch_size, pool)
+    ds = ray.data.from_arrow(blocks)
     if gpus:  # the CPUs decode in tasks of their own and feed the GPU actors
         ds = ds.map_batches(decode_batch, fn_args=(spec,), batch_size=None, batch_format="pyarrow", num_cpus=1)
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": ray_options.threads}
     return ds.map_batches(Infer, fn_constructor_args=(options, ray_options.threads, gpus > 0),
                           batch_size=options.batch_size, batch_format="pyarrow",
-                          **_actor_resources(ray, ray_options, gpus, blocks=len(blocks)))
+                          compute=ray.data.ActorPoolStrategy(size=min(pool, len(blocks))), **resources)
 
 
 def _replace(options: PredictOptions, **changes) -> PredictOptions:
@@ -306,26 +308,29 @@ def _replace(options: PredictOptions, **changes) -> PredictOptions:
     return replace(options, **changes)
 
 
-def _blocks(table: "pyarrow.Table", batch_size: int) -> list["pyarrow.Table"]:
-    """The path table cut into blocks of a few batches: the units Ray schedules, balances and retries."""
-    rows = max(batch_size * BATCHES_PER_BLOCK, math.ceil(table.num_rows / MAX_BLOCKS))
-    return [table.slice(start, rows) for start in range(0, table.num_rows, rows)]
+def _blocks(table: "pyarrow.Table", batch_size: int, pool: int) -> list["pyarrow.Table"]:
+    """The path table cut into blocks, the units Ray schedules, balances and retries: a few batches
+    each, but at least two per actor when the input is small (a slow model's few images still spread
+    over the pool), and at most MAX_BLOCKS."""
+    n = table.num_rows
+    rows = min(batch_size * BATCHES_PER_BLOCK, math.ceil(n / (2 * pool)))
+    rows = max(1, rows, math.ceil(n / MAX_BLOCKS))
+    return [table.slice(start, rows) for start in range(0, n, rows)]
 
 
-def _actor_resources(ray, options: RayOptions, gpus: int, *, blocks: int) -> dict:
+def _pool_size(ray, options: RayOptions, gpus: int) -> int:
     """One actor per GPU (``num_gpus=1``), or on CPUs one per ``threads`` CPUs, each decoding its own batches.
 
     A CPU actor that decodes keeps every core busy with no preprocessed images through the object
     store, and no CPU is held by actors while decode tasks wait for one. Ray Data restarts a dead
     actor and retries the batch it held (max_restarts and max_task_retries are unlimited for actor
-    pools): that keeps every input once in the output. No more actors start than there are blocks.
+    pools): that keeps every input once in the output.
     """
+    if options.actors:
+        return options.actors
     if gpus:
-        size = options.actors or min(gpus, blocks)
-        return {"compute": ray.data.ActorPoolStrategy(size=size), "num_gpus": 1}
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    size = options.actors or max(1, min(cpus // options.threads, blocks))
-    return {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": options.threads}
+        return gpus
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // options.threads)
 
 
 def decode_batch(batch: "pyarrow.Table", spec: "ModelSpec") -> "pyarrow.Table":
@@ -454,10 +459,18 @@ class RunSummary:
     rows: int
     errors: int  # images in the error column
     seconds: float
+    first_rows: int = 0  # the first result batch: when it came, the actors were up
+    first_seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Images/s once the first batch is out: the pool's pace without its start."""
+        rest = self.seconds - self.first_seconds
+        return (self.rows - self.first_rows) / rest if rest > 0 and self.rows > self.first_rows else float("nan")
 
 
 def output_format(output: str | os.PathLike) -> str:
@@ -481,17 +494,20 @@ def write_results(ds: "ray.data.Dataset", output: str | os.PathLike, *, total: i
 
     fmt = output_format(output)
     start = time.perf_counter()
-    rows = errors = 0
+    rows = errors = first_rows = 0
+    first_seconds = 0.0
     with atomic_path(output) as tmp, _writer(tmp, fmt) as write, reporter.task("classifying", total=total) as task:
         for batch in _run(ds):
             write(batch)
+            if not rows:
+                first_rows, first_seconds = batch.num_rows, time.perf_counter() - start
             rows += batch.num_rows
             errors += batch.num_rows - batch.column("error").null_count
             task.advance(batch.num_rows)
         if total is not None and rows != total:
             raise TLError(f"Ray returned {rows} results for {total} images; {output} was not written. "
                           "Run again (TL_DEBUG=1 shows Ray's logs)")
-    return RunSummary(rows, errors, time.perf_counter() - start)
+    return RunSummary(rows, errors, time.perf_counter() - start, first_rows, first_seconds)
 
 
 def _run(ds: "ray.data.Dataset") -> Iterator["pyarrow.Table"]:
