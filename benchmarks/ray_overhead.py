@@ -1,6 +1,6 @@
 """Images/s of `tl predict --ray` on a local Ray against plain `tl predict`, same folder, same model.
 
-    python -m tl.benchmarks.ray_overhead OUT [--models resnet18:48:2400,vgg16:224:64] [--rounds 2]
+    python -m tl.benchmarks.ray_overhead OUT [--models resnet18:48:2400,vgg16:224:160] [--rounds 2]
 
 For each model (arch:image_size:images; untrained weights, exported to ONNX FP32 here, synthetic
 images of the model's size): plain `tl predict`'s library call (predict_files: list, load, decode,
@@ -25,7 +25,10 @@ from pathlib import Path
 
 from tl.benchmarks.video_fps import CLASSES, ModelCase, export_model
 
-DEFAULT_MODELS = "resnet18:48:2400,vgg16:224:64"  # the demo's model on the demo's 2400 images; the seed's at 224
+DEFAULT_MODELS = "resnet18:48:2400,vgg16:224:160"  # the demo's model on the demo's 2400 images; the seed's at 224
+
+
+STEADY_SHARE = 10  # the pace after the first results is shown when they are at most a tenth of the images
 
 
 def parse_models(text: str) -> list[ModelCase]:
@@ -69,7 +72,9 @@ def run_ray(model: Path, images: Path, out: Path, *, actors: int | None, threads
     rows = pq.read_table(out, columns=["path", "label", "score"]).to_pylist()
     answers = {r["path"]: (r["label"], r["score"]) for r in rows}
     return {"images": run.rows, "seconds": run.seconds, "images_per_s": run.images_per_s,
-            "first_batch_seconds": run.first_seconds, "steady_images_per_s": run.steady_images_per_s,
+            "first_batch_seconds": run.first_seconds,
+            # a pace only where the first results are a small part of the run (results come in blocks)
+            "steady_images_per_s": run.steady_images_per_s if run.first_rows * STEADY_SHARE <= run.rows else None,
             "seconds_with_ray_start_stop": total, "images_per_s_with_ray_start_stop": run.rows / total,
             "answers": answers}
 
@@ -120,18 +125,23 @@ def report_md(result: dict) -> str:
             ray = "images_per_s_with_ray_start_stop" in r
             lines.append(f"| {name} | {r['images']} | {runner} | {r['images_per_s']:.1f} | {r['images_per_s'] / plain:.0%} | "
                          + (f"{r['images_per_s_with_ray_start_stop']:.1f} | {r['first_batch_seconds']:.1f} s | "
-                            f"{r['steady_images_per_s']:.1f} | " if ray else " |  |  | ")
+                            f"{_figure(r['steady_images_per_s'])} | " if ray else " |  |  | ")
                          + f"{r['same_answers_as_tl_predict']} |")
     lines += ["", "tl predict: predict_files end to end (list, load the model, decode, classify) in one process, "
                   "ONNX Runtime on every core. --ray: the run is write_results (actors start and load the model, "
                   "decode + classify, one Parquet file written); Ray's own start and stop (a local Ray for the run) "
                   "come on top. 'After the first results': images/s once the first batch is out (the pool up and "
-                  "running). Best of the rounds; every round is in ray_overhead.json.",
+                  "running), where that batch is at most a tenth of the images (-: results came in too few "
+                  "batches to tell). Best of the rounds; every round is in ray_overhead.json.",
               "", "On a cluster each node runs the same pool, so the expected throughput is about the per-node "
                   "figure above times the nodes, as long as reading the images (a shared file system or object "
                   "store) keeps up and the batches outnumber the actors; only one node was run here.",
               "", f"Re-run: `{result['command']}`", ""]
     return "\n".join(lines)
+
+
+def _figure(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ def ray_click_options(command):
         click.option("--ray", "ray", is_flag=False, flag_value=LOCAL, default=None, metavar="[ADDRESS]",
                      help="Classify on Ray Data, writing -o FILE.parquet or .csv (path, label, index, score, top_k, "
                           "error): alone, a local Ray for the run; auto or ray://HOST:PORT joins a running cluster. "
+                          "One actor per GPU, else per --threads CPUs (default 1 thread each). "
                           "Put it after the sources or write --ray=ADDRESS."),
         field_option(RayOptions, "actors", type=click.IntRange(min=1), show_default=False,
                      help="--ray: inference actors [default: one per GPU, or one per --threads CPUs]."),
