@@ -183,3 +183,18 @@ def test_a_model_the_workers_cannot_read(local_ray, model, photos, tmp_path):
         write_results(ds, out)
     assert "every node" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_an_object_store_url(local_ray, model, photos, plain, tmp_path):
+    """A URL goes through Ray's filesystem layer (pyarrow.fs): file:// here, s3:// or gs:// on a cluster."""
+    from tl.runtime.raydata import RayOptions, classify, write_results
+
+    url = f"file://{photos / 'val' / 'circle'}"
+    out = tmp_path / "r.parquet"
+    write_results(classify(PredictOptions(model=model, paths=[url], top_k=3), RayOptions()), out)
+    rows = _read(out)
+    expected = sorted(p for p in plain[0] if p.startswith(str(photos / "val" / "circle")))
+    assert sorted(r["path"] for r in rows) == [f"file://{p}" for p in expected]
+    for r in rows:
+        p = plain[0][r["path"].removeprefix("file://")]
+        assert (r["label"], r["score"], r["error"]) == (p.label, p.score, None)
