@@ -46,6 +46,7 @@ LOCAL = "local"  # --ray with no address: a Ray started for this run on this mac
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 LIST_SUFFIXES = (".txt", ".lst")  # a SOURCE with one of these is a list file: one path or URL a line
 CONNECT_TIMEOUT_S = 30.0
+PROBE_METHOD = "/tl.Probe/Ping"  # no server has it: any gRPC server answers UNIMPLEMENTED (or refuses the caller)
 MAX_BLOCKS = 10_000  # more blocks balance better and retry less work; each costs the scheduler a little
 BATCHES_PER_BLOCK = 4
 
@@ -143,20 +144,45 @@ def _init_kwargs(options: RayOptions) -> dict:
 
 
 def _check_reachable(options: RayOptions) -> None:
-    """HOST:PORT that takes no TCP connection within the timeout is refused before Ray retries it for minutes."""
+    """HOST:PORT where no gRPC server answers within the timeout (Ray's GCS and its Client server both
+    speak gRPC) is refused before Ray retries it for minutes. A TCP connection alone proves little: a
+    proxy or a firewall may accept it for any address."""
     if options.local or options.address == "auto":
         return
     target = options.address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or not host:
         raise TLError(f"--ray {options.address}: give auto, ray://HOST:PORT or HOST:PORT (e.g. ray://head:10001)")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=options.connect_timeout).close()
-    except OSError as e:
-        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+    reason = _no_grpc_answer(host, int(port), options.connect_timeout)
+    if reason:
         raise TLError(f"--ray {options.address}: cannot reach the Ray cluster within {options.connect_timeout:g} s "
                       f"({reason}); start it with `ray start --head` there, check the address and port "
-                      "(10001 for ray://, 6379 for the GCS) and the firewall") from None
+                      "(10001 for ray://, 6379 for the GCS) and the firewall")
+
+
+def _no_grpc_answer(host: str, port: int, timeout: float) -> str | None:
+    """Why no gRPC server answers at HOST:PORT within ``timeout`` (None: one does). Without grpcio (the
+    Ray Client's package), a TCP connection is what is checked."""
+    try:
+        import grpc
+    except ImportError:
+        try:
+            socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
+        except OSError as e:
+            return "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        return None
+    # gRPC calls a channel ready once TCP connects; only an answer to a call shows a server is there.
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            channel.unary_unary(PROBE_METHOD)(b"", timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "no gRPC server answered"
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                return (e.details() or "unavailable").splitlines()[0]
+            if "http2 header with status" in (e.details() or ""):  # gRPC core's words for a non-gRPC reply
+                return f"something else answered there: {e.details()}"
+    return None  # any other answer (UNIMPLEMENTED, UNAUTHENTICATED) came from a gRPC server
 
 
 def _init(ray, kwargs: dict, options: RayOptions) -> None:

@@ -5,6 +5,8 @@ runtime that must not bring Ray in."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import pytest
 
@@ -41,6 +43,14 @@ def test_unreachable_addresses_are_one_line(tmp_path, model, photos):
     with pytest.raises(TLError, match=r"cannot reach the Ray cluster within 0.5 s"):
         with connected(RayOptions(address="ray://127.0.0.1:1", connect_timeout=0.5)):
             pass
+    with socket.socket() as silent:  # takes connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        start = time.monotonic()
+        with pytest.raises(TLError, match=r"within 1 s \(no gRPC server answered\)"):
+            with connected(RayOptions(address=f"ray://127.0.0.1:{silent.getsockname()[1]}", connect_timeout=1)):
+                pass
+        assert time.monotonic() - start < 10
     with pytest.raises(TLError, match="give auto, ray://HOST:PORT or HOST:PORT"):
         with connected(RayOptions(address="somewhere")):
             pass
