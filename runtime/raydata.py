@@ -13,9 +13,9 @@ The plan: the file list becomes a dataset of paths (blocks of a few batches each
 tasks reads, decodes and preprocesses each image through :mod:`tl.runtime.images` with the model's
 spec; a pool of actors, each holding one :class:`~tl.runtime.classifier.Classifier`, runs the model
 (one actor per GPU with ``num_gpus=1``; on CPUs, actors of ``threads`` CPUs each, which decode their
-own batches: there the two stages run in one process). An image that cannot
-be read gets its reason in the ``error`` column and the run goes on. Actors restart and their tasks
-are retried when a worker process dies, so every input appears once in the output.
+own batches: there the two stages run in one process). An image that cannot be read gets its reason
+in the ``error`` column and the run goes on. Actors restart and their tasks are retried when a
+worker process dies, so every input appears once in the output.
 
 Ray is imported here only (the ``ray`` extra); ``import tl.runtime`` never imports it.
 """
