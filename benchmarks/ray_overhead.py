@@ -15,25 +15,17 @@ answers are compared too (labels and scores equal per file). Writes OUT/ray_over
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from tl.benchmarks.video_fps import CLASSES, ModelCase, export_model
+from tl.benchmarks.cases import CLASSES, ModelCase, command_line, export_model, machine, parse_models, write_report
 
 DEFAULT_MODELS = "resnet18:48:2400,vgg16:224:160"  # the demo's model on the demo's 2400 images; the seed's at 224
 
 
 STEADY_SHARE = 10  # the pace after the first results is shown when they are at most a tenth of the images
-
-
-def parse_models(text: str) -> list[ModelCase]:
-    """arch:image_size:images,... (ModelCase's third field counts images here)."""
-    return [ModelCase(a, int(s), int(n)) for a, s, n in (item.split(":") for item in text.split(","))]
 
 
 def make_images(case: ModelCase, folder: Path) -> Path:
@@ -102,14 +94,9 @@ def measure(model: Path, images: Path, work: Path, rounds: int) -> dict:
 
 
 def environment() -> dict:
-    import onnxruntime
     import ray
 
-    from tl.runtime.env import environment as env
-
-    cpu = env()["cpu"]
-    return {"cpu": cpu["model"], "cores": cpu["usable_cores"], "onnxruntime": onnxruntime.__version__,
-            "ray": ray.__version__}
+    return machine(ray=ray.__version__)
 
 
 def report_md(result: dict) -> str:
@@ -154,16 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = (args.work or args.out / "work").absolute()
     work.mkdir(parents=True, exist_ok=True)
-    result = {"command": shlex.join(["python", "-m", "tl.benchmarks.ray_overhead",
-                                     *(argv if argv is not None else sys.argv[1:])]),
+    result = {"command": command_line("tl.benchmarks.ray_overhead", argv),
               "environment": environment(), "note": args.note, "models": {}}
     for case in parse_models(args.models):
         model = export_model(case, work)
         result["models"][f"{case.arch} {case.image_size}"] = measure(model, make_images(case, work), work, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ray_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "ray_overhead.md").write_text(report_md(result))
-    print(report_md(result))
+    write_report(args.out, "ray_overhead", result, report_md)
 
 
 if __name__ == "__main__":

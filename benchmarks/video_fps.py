@@ -12,38 +12,18 @@ dropped). Writes OUT/video_fps.json and OUT/video_fps.md.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tl.benchmarks.cases import command_line, export_model, machine, parse_models, write_report
+
 DEFAULT_MODELS = "resnet18:48:300,vgg16:224:60"  # the demo's model, and the seed's at 224
 VIDEO_FPS = 30
-CLASSES = ("circle", "square", "triangle", "cross")
-
-
-@dataclass(frozen=True)
-class ModelCase:
-    arch: str
-    image_size: int
-    frames: int
-
-
-def parse_models(text: str) -> list[ModelCase]:
-    cases = []
-    for item in text.split(","):
-        arch, size, frames = item.split(":")
-        cases.append(ModelCase(arch, int(size), int(frames)))
-    return cases
-
-
 def make_video(path: Path, frames: int, width: int, height: int) -> Path:
     """Synth shapes scaled to the frame size, H.264 at VIDEO_FPS."""
     import av
-    from PIL import Image
 
     from tl.train.synth import SHAPES, draw_shape
 
@@ -58,19 +38,6 @@ def make_video(path: Path, frames: int, width: int, height: int) -> Path:
         for p in s.encode():
             c.mux(p)
     return path
-
-
-def export_model(case: ModelCase, folder: Path) -> Path:
-    import torch
-
-    from tl.export.onnx import export_onnx
-    from tl.runtime.spec import ModelSpec
-    from tl.train.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(case.arch, len(CLASSES), weights="none").eval()
-    spec = ModelSpec.create(arch=case.arch, classes=list(CLASSES), image_size=case.image_size)
-    return export_onnx(model, spec, folder / f"{case.arch}_{case.image_size}.onnx")
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -145,19 +112,12 @@ def report_md(result: dict) -> str:
 
 def environment() -> dict:
     import av
-    import onnxruntime
 
-    from tl.runtime.env import environment as env
-
-    cpu = env()["cpu"]
-    return {"cpu": cpu["model"], "cores": cpu["usable_cores"], "onnxruntime": onnxruntime.__version__,
-            "av": av.__version__, "ffmpeg": ".".join(map(str, av.ffmpeg_version_info)) if isinstance(
-                av.ffmpeg_version_info, tuple) else str(av.ffmpeg_version_info)}
+    ffmpeg = av.ffmpeg_version_info
+    return machine(av=av.__version__, ffmpeg=".".join(map(str, ffmpeg)) if isinstance(ffmpeg, tuple) else str(ffmpeg))
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     from tl.runtime import Classifier
 
     parser = argparse.ArgumentParser(prog="python -m tl.benchmarks.video_fps", description=__doc__.split("\n\n")[0])
@@ -172,16 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     video = make_video(work / "clip.mp4", max(c.frames for c in cases), width, height)
-    result = {"command": shlex.join(["python", "-m", "tl.benchmarks.video_fps", *(argv if argv is not None else sys.argv[1:])]),
+    result = {"command": command_line("tl.benchmarks.video_fps", argv),
               "video": {"width": width, "height": height, "fps": VIDEO_FPS, "codec": "h264"},
               "environment": environment(), "note": args.note, "models": {}}
     for case in cases:
         with Classifier.load(export_model(case, work), providers="cpu") as clf:
             result["models"][f"{case.arch} {case.image_size}"] = measure(clf, video, case.frames)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "video_fps.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "video_fps.md").write_text(report_md(result))
-    print(report_md(result))
+    write_report(args.out, "video_fps", result, report_md)
 
 
 if __name__ == "__main__":

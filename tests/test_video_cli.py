@@ -15,15 +15,13 @@ from conftest import REPO, assert_user_error, sigint_default
 
 pytest.importorskip("av")
 
-from test_video import FPS, colour_model, decoded, segment_frames, truncate, write_video  # noqa: E402
+from test_video import FPS, decoded, material, truncate, write_video  # noqa: E402,F401 - material: the clip's fixture
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    root = tmp_path_factory.mktemp("video_cli")
-    frames, truth = segment_frames()
-    return {"root": root, "frames": frames, "truth": truth, "model": colour_model(root / "colour.onnx"),
-            "mp4": write_video(root / "clip.mp4", frames)}
+def clip(material):
+    """test_video's clip, its frames, their true labels and the colour model (made once for this module)."""
+    return material
 
 
 def test_predict_video_all_outputs(tl_cli, clip, tmp_path):
