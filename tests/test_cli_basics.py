@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO, assert_user_error
 
 COMMANDS = ("data", "train", "export", "predict", "info", "serve", "bench", "demo")
@@ -98,3 +100,20 @@ def test_usage_errors(tl_cli):
 def test_version(tl_cli):
     r = tl_cli("--version")
     assert r.code == 0 and "0.1.0" in r.out
+
+
+def test_a_missing_optional_package_names_its_extra_and_a_broken_one_does_not():
+    """A package that is not installed names the extra that installs it; a module missing inside an
+    installed package is a broken install (its traceback is the report), not a missing extra."""
+    import importlib.util
+
+    from tl.cli import EXTRAS, missing_extra
+
+    absent = next((p for p in EXTRAS if importlib.util.find_spec(p) is None), None)
+    if absent is None:
+        pytest.skip("every optional package tl knows is installed here")
+    line = missing_extra(ModuleNotFoundError(f"No module named '{absent}'", name=absent), ["export", "m.onnx"])
+    extra = EXTRAS[absent]
+    assert line.startswith(f"tl export needs {absent}, which is not installed: pip install 'tl[{extra}]' (the {extra} extra)")
+    assert missing_extra(ModuleNotFoundError("No module named 'torch._C'", name="torch._C"), ["train"]) is None
+    assert missing_extra(ModuleNotFoundError("No module named 'foo'", name="foo"), ["train"]) is None

@@ -165,12 +165,21 @@ def missing_extra(e: ModuleNotFoundError, argv: list[str]) -> str | None:
     (a broken installation, or a bug: its traceback is the useful report)."""
     package = (e.name or "").split(".")[0]
     extra = EXTRAS.get(package)
-    if extra is None:
+    if extra is None or _installed(package):  # installed, but a part of it is missing: a broken install
         return None
     command = next((a for a in argv if a in COMMANDS), None)
     needs = f"tl {command}" if command else "this command"
     line = f"{needs} needs {package}, which is not installed: pip install 'tl[{extra}]' (the {extra} extra)"
     return f"{line}; {WITHOUT_TORCH}" if extra == "train" else line
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _printable(message: object) -> str:
