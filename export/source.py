@@ -20,7 +20,7 @@ from tl.export import calib, int8
 from tl.export import parity as par
 from tl.export.options import ExportOptions
 from tl.runtime.artifact import (
-    CHECKPOINT_KEY, DEFAULT_MAX_BATCH, MAX_BATCH_KEY, PRECISION_KEY, SPEC_KEY, onnx_metadata, spec_from_metadata,
+    CHECKPOINT_KEY, DEFAULT_MAX_BATCH, PRECISION_KEY, SPEC_KEY, max_batch_bound, onnx_metadata, spec_from_metadata,
 )
 from tl.runtime.errors import TLError
 from tl.runtime.files import sha256_file
@@ -93,15 +93,11 @@ def _onnx_source(o: ExportOptions) -> Source:
         raise TLError(f"{path} is a {precision.upper()} file; export from the FP32 model.onnx it was made from "
                       "(every other precision derives from FP32)")
     return Source(path=path, spec=spec, stamp=meta.get(CHECKPOINT_KEY, ""), device=o.device,
-                  max_batch=_onnx_max_batch(o, meta.get(MAX_BATCH_KEY), path))
+                  max_batch=_onnx_max_batch(o, max_batch_bound(meta), path))
 
 
-def _onnx_max_batch(o: ExportOptions, recorded: str | None, path: Path) -> int:
+def _onnx_max_batch(o: ExportOptions, bound: int | None, path: Path) -> int:
     """--max-batch, at most the bound the ONNX file was exported with (its batch dimension's range)."""
-    try:
-        bound = int(recorded) if recorded is not None else None
-    except ValueError:
-        bound = None
     if o.max_batch is None:
         return bound or DEFAULT_MAX_BATCH
     if bound is not None and o.max_batch > bound:

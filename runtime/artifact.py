@@ -24,7 +24,8 @@ from tl.runtime.spec import ModelSpec
 __all__ = [
     "ARTIFACTS", "ArtifactKind", "CHECKPOINT_KEY", "CHECKPOINT_SUFFIXES", "DEFAULT_MAX_BATCH", "ENGINE_SUFFIXES",
     "MAX_BATCH_KEY", "MODEL_SUFFIXES", "ONNX_SUFFIXES", "PRECISION_KEY", "PRECISIONS", "SPEC_KEY", "TRITON_FILES",
-    "artifact_for", "artifact_kind", "bench_alias", "kind_of", "onnx_metadata", "precision_from_name", "read_spec",
+    "artifact_for", "artifact_kind", "bench_alias", "kind_of", "max_batch_bound", "onnx_metadata", "precision_from_name",
+    "read_spec",
     "spec_from_metadata", "suffixes", "triton_platform",
 ]
 
@@ -117,6 +118,12 @@ def bench_alias(backend: str) -> str:
 def onnx_metadata(path: str | Path) -> dict[str, str]:
     """metadata_props of an ONNX file, read without onnx or onnxruntime (the graph is skipped)."""
     return read_onnx_meta(path, graph=False).metadata
+
+
+def max_batch_bound(metadata: dict[str, str]) -> int | None:
+    """The batch bound an export wrote (``tl.max_batch``); None where it is absent or not a positive integer."""
+    bound = metadata.get(MAX_BATCH_KEY, "")
+    return int(bound) if bound.isdigit() and int(bound) > 0 else None
 
 
 def spec_from_metadata(metadata: dict[str, str], path: str | Path) -> ModelSpec:

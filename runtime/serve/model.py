@@ -12,7 +12,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from tl.runtime import images
-from tl.runtime.artifact import DEFAULT_MAX_BATCH, MAX_BATCH_KEY, SPEC_KEY, kind_of, onnx_metadata, triton_platform
+from tl.runtime.artifact import DEFAULT_MAX_BATCH, SPEC_KEY, kind_of, max_batch_bound, onnx_metadata, triton_platform
 from tl.runtime.classifier import Classifier
 from tl.runtime.errors import TLError
 from tl.runtime.sidecar import sidecar_path
@@ -55,8 +55,7 @@ def _check_servable(path: Path) -> int | None:
         raise TLError(f"{path} has no tl model spec (metadata '{SPEC_KEY}'): it was not exported by tl, and tl serve "
                       "takes its labels and preprocessing from it; serve a file `tl export` wrote (export the "
                       "checkpoint with tl), or classify this file with `tl predict MODEL --spec spec.json`")
-    bound = metadata.get(MAX_BATCH_KEY, "")
-    return int(bound) if bound.isdigit() and int(bound) > 0 else None
+    return max_batch_bound(metadata)
 
 
 class ServedModel:
