@@ -27,6 +27,7 @@ import glob
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -49,6 +50,9 @@ CONNECT_TIMEOUT_S = 30.0
 PROBE_METHOD = "/tl.Probe/Ping"  # no server has it: any gRPC server answers UNIMPLEMENTED (or refuses the caller)
 MAX_BLOCKS = 10_000  # more blocks balance better and retry less work; each costs the scheduler a little
 BATCHES_PER_BLOCK = 4
+CLIENT_INIT_FAILURE = "Initialization failure from server"  # Ray Client's words for a server it could not start
+CLIENT_INIT_ATTEMPTS = 3
+CLIENT_INIT_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,12 @@ def import_ray():
 
 
 @contextlib.contextmanager
-def connected(options: RayOptions = RayOptions()) -> Iterator[None]:
+def connected(options: RayOptions = RayOptions(), reporter: Reporter = SILENT) -> Iterator[None]:
     """Ray started (local) or joined (a cluster) for the block; shut down or left after it. A Ray
     this process has initialised already (a notebook's, a test's) is used as it is, whatever the options.
 
     An address that takes no connection within ``connect_timeout`` is one error line, not minutes of retries.
+    A connection the Ray Client's server fails to start is tried again (``reporter`` is told).
     """
     ray = import_ray()
     if ray.is_initialized():  # the caller's own Ray (a notebook, a test): use it as it is
@@ -104,7 +109,7 @@ def connected(options: RayOptions = RayOptions()) -> Iterator[None]:
         return
     _check_reachable(options)
     with _ray_logs_quiet():
-        _init(ray, _init_kwargs(options), options)
+        _init(ray, _init_kwargs(options), options, reporter)
         try:
             _quiet_data_context()
             yield
@@ -185,19 +190,42 @@ def _no_grpc_answer(host: str, port: int, timeout: float) -> str | None:
     return None  # any other answer (UNIMPLEMENTED, UNAUTHENTICATED) came from a gRPC server
 
 
-def _init(ray, kwargs: dict, options: RayOptions) -> None:
+def _init(ray, kwargs: dict, options: RayOptions, reporter: Reporter = SILENT) -> None:
     """ray.init, its failure as one line. A reachable cluster that does not answer gives up by Ray's own
-    bounds (the Ray Client's connection retries, the GCS request timeout)."""
+    bounds (the Ray Client's connection retries, the GCS request timeout). Through the Ray Client, the
+    head's proxy starts a server process for each connecting driver; when that start fails, the proxy
+    answers "Initialization failure from server" and Ray does not try again, so tl does, up to
+    CLIENT_INIT_ATTEMPTS times (a failed connect leaves no state behind: Ray disconnects it)."""
     where = "a local Ray" if options.local else f"the Ray cluster at {options.address}"
-    try:
-        ray.init(**kwargs)
-    except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own, in many shapes
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        hint = ("start one with `ray start --head`, or give no address for a local Ray" if options.address == "auto"
-                else "check the address, that the cluster runs the same Ray and Python versions as this machine, "
-                     "and, for a cluster with token authentication, RAY_AUTH_MODE=token and its token here "
-                     "(RAY_AUTH_TOKEN or ~/.ray/auth_token)")
-        raise TLError(f"--ray: cannot start or join {where}: {first}; {hint}") from None
+    attempts = CLIENT_INIT_ATTEMPTS if str(options.address).startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own, in many shapes
+            server_failed = CLIENT_INIT_FAILURE in str(e)
+            if server_failed and attempt < attempts:
+                reporter.warning(f"--ray: {where}: {failure_reason(e)}; connecting again ({attempt + 1} of {attempts})")
+                time.sleep(CLIENT_INIT_PAUSE_S)
+                continue
+            hint = ("start one with `ray start --head`, or give no address for a local Ray"
+                    if options.address == "auto"
+                    else "check the address, that the cluster runs the same Ray and Python versions as this "
+                         "machine, and, for a cluster with token authentication, RAY_AUTH_MODE=token and its "
+                         "token here (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+            tried = f" ({attempts} attempts)" if server_failed and attempts > 1 else ""
+            raise TLError(f"--ray: cannot start or join {where}{tried}: {failure_reason(e)}; {hint}") from None
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for Ray's failure. Ray Client's "Initialization failure from server:" is followed by the
+    server's traceback, whose last line says what went wrong; other errors say it in their first line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith(CLIENT_INIT_FAILURE) and len(lines) > 1:
+        return f"the cluster's Ray Client server failed: {lines[-1]}"
+    return lines[0]
 
 
 def _quiet_data_context() -> None:

@@ -57,7 +57,7 @@ def predict_ray(paths, options: PredictOptions, fmt: str, output: Path | None, a
     ray_options = RayOptions(address=None if args["ray"] == LOCAL else args["ray"], actors=args["actors"],
                              threads=options.threads or 1)
     reporter = RichReporter()
-    with connected(ray_options):
+    with connected(ray_options, reporter):
         ds = classify(options, ray_options, sources=sources, reporter=reporter)
         with reporter:
             run = write_results(ds, output, total=len(sources[0]), reporter=reporter)
