@@ -205,7 +205,7 @@ def _init(ray, kwargs: dict, options: RayOptions, reporter: Reporter = SILENT) -
         except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own, in many shapes
             server_failed = CLIENT_INIT_FAILURE in str(e)
             if server_failed and attempt < attempts:
-                reporter.warning(f"--ray: {where}: {failure_reason(e)}; connecting again ({attempt + 1} of {attempts})")
+                reporter.warning(f"--ray: {where}: {_failure_reason(e)}; connecting again ({attempt + 1} of {attempts})")
                 time.sleep(CLIENT_INIT_PAUSE_S)
                 continue
             hint = ("start one with `ray start --head`, or give no address for a local Ray"
@@ -214,10 +214,10 @@ def _init(ray, kwargs: dict, options: RayOptions, reporter: Reporter = SILENT) -
                          "machine, and, for a cluster with token authentication, RAY_AUTH_MODE=token and its "
                          "token here (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
             tried = f" ({attempts} attempts)" if server_failed and attempts > 1 else ""
-            raise TLError(f"--ray: cannot start or join {where}{tried}: {failure_reason(e)}; {hint}") from None
+            raise TLError(f"--ray: cannot start or join {where}{tried}: {_failure_reason(e)}; {hint}") from None
 
 
-def failure_reason(error: BaseException) -> str:
+def _failure_reason(error: BaseException) -> str:
     """One line for Ray's failure. Ray Client's "Initialization failure from server:" is followed by the
     server's traceback, whose last line says what went wrong; other errors say it in their first line."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
