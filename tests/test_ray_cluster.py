@@ -119,7 +119,7 @@ def test_a_client_server_that_cannot_start(model, synth_data, tmp_path_factory):
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import os, sys\nif '--mode=specific-server' in sys.argv:\n    os._exit(3)\n")
-    temp = tmp_path / "rayhead"
+    temp = tmp_path / "h"
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
            "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "2"}
     with _running_head(temp, env=env) as h:
