@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -72,6 +73,15 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def skip_where_installed(module: str, reason: str) -> None:
+    """Skip a test of the message tl gives without ``module`` where that module imports."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return
+    pytest.skip(reason)
 
 
 def assert_user_error(result: CliResult, *fragments: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXPORT_ARCH, assert_user_error, run_tl_subprocess
+from conftest import EXPORT_ARCH, assert_user_error, run_tl_subprocess, skip_where_installed
 from tl.runtime import Classifier
 from tl.runtime.images import list_images
 from tl.runtime.sidecar import BuildRecord, write_sidecar
@@ -152,11 +152,7 @@ def _engine_with_sidecar(tmp_path, spec, *, trt="10.3.0", cc="8.7"):
 
 
 def test_predict_engine_needs_tensorrt_or_sidecar(tl_cli, onnx_path, photos, tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("TensorRT is installed here; this checks the message where it is not")
-    except ImportError:
-        pass
+    skip_where_installed("tensorrt", "TensorRT is installed here; this checks the message where it is not")
     spec = Classifier.load(onnx_path).spec
     lone = tmp_path / "lone.engine"
     lone.write_bytes(b"x")

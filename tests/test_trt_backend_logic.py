@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import skip_where_installed
 from tl.runtime import Classifier, TLError
 from tl.runtime.backends import entry_for
 from tl.runtime.backends.tensorrt import checked_sidecar, cuda_call
@@ -107,11 +108,7 @@ needs_trt = pytest.mark.skipif(not _has_trt_gpu(), reason="needs TensorRT, cuda-
 
 
 def test_engine_without_tensorrt_is_a_clear_error(tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("TensorRT is installed; this checks the message where it is not")
-    except ImportError:
-        pass
+    skip_where_installed("tensorrt", "TensorRT is installed; this checks the message where it is not")
     with pytest.raises(TLError, match="TensorRT is not installed"):
         Classifier.load(_engine(tmp_path))
 

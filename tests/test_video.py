@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import skip_where_installed
 from tl.runtime import Classifier, TLError
 
 av = pytest.importorskip("av")
@@ -303,11 +304,7 @@ def test_bad_sources(colour, material, tmp_path):
 
 def test_gstreamer_needs_opencv_with_gstreamer(colour):
     """No OpenCV with GStreamer here: a pipeline string is one clear error, not a hang or a traceback."""
-    try:
-        import cv2  # noqa: F401
-        pytest.skip("OpenCV is installed here; this checks the message without it")
-    except ImportError:
-        pass
+    skip_where_installed("cv2", "OpenCV is installed here; this checks the message without it")
     with pytest.raises(TLError, match="OpenCV built with GStreamer"):
         colour.stream("videotestsrc ! videoconvert ! appsink")
     with pytest.raises(TLError, match="OpenCV built with GStreamer"):
